@@ -1,0 +1,187 @@
+"""The file layer: the only module that touches `tf.io.gfile`.
+
+Everything goes through `tf.io.gfile`, so any file system TensorFlow knows (local, `gs://`,
+`ram://`, ...) works. Local paths additionally get `fsync` of files and directories, so a
+commit is durable before the state file names it. `ram://` matches paths by string prefix
+(`listdir("ram://x/run")` also shows `ram://x/run-best`), so listings are filtered here.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+
+import tensorflow as tf
+
+gfile = tf.io.gfile
+
+
+def fspath(path: str | os.PathLike[str]) -> str:
+    """Returns `path` as a string without a trailing separator."""
+    text = os.fspath(path)
+    if "://" in text:
+        scheme, rest = text.split("://", 1)
+        return f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else text
+    return text.rstrip(os.sep) or text
+
+
+def is_local(path: str) -> bool:
+    """True for plain paths of the local file system (where fsync and flock work)."""
+    return "://" not in path or path.startswith("file://")
+
+
+def join(directory: str, *names: str) -> str:
+    if is_local(directory):
+        return os.path.join(directory, *names)
+    return posixpath.join(directory, *names)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path) if not is_local(path) else os.path.basename(path)
+
+
+def dirname(path: str) -> str:
+    return posixpath.dirname(path) if not is_local(path) else os.path.dirname(path)
+
+
+def temp_name(name: str) -> str:
+    """A name beside `name` that no other writer picks."""
+    return f"{name}.tmp-{uuid.uuid4().hex[:12]}"
+
+
+def exists(path: str) -> bool:
+    if is_local(path):
+        return os.path.exists(path)
+    if not gfile.exists(path):
+        return False
+    parent = dirname(path)
+    return basename(path) in list_dir(parent) if parent and parent != path else True
+
+
+def isdir(path: str) -> bool:
+    if is_local(path):
+        return os.path.isdir(path)
+    return exists(path) and gfile.isdir(path)
+
+
+def list_dir(directory: str) -> list[str]:
+    """Names directly inside `directory` (none of a sibling that shares its prefix)."""
+    if is_local(directory):
+        try:
+            return sorted(os.listdir(directory))
+        except FileNotFoundError:
+            return []
+    if not gfile.exists(directory):
+        return []
+    names = []
+    for entry in gfile.listdir(directory):
+        name = entry.rstrip("/")
+        if name and "/" not in name and gfile.exists(posixpath.join(directory, name)):
+            names.append(name)
+    return sorted(set(names))
+
+
+def makedirs(directory: str) -> None:
+    gfile.makedirs(directory)
+
+
+def size(path: str) -> int:
+    if is_local(path):
+        return os.path.getsize(path)
+    return int(gfile.stat(path).length)
+
+
+def mtime(path: str) -> float:
+    if is_local(path):
+        return os.path.getmtime(path)
+    return gfile.stat(path).mtime_nsec / 1e9
+
+
+def read_bytes(path: str) -> bytes:
+    with gfile.GFile(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Writes `path` in place (not atomic: for files no reader looks at yet)."""
+    with gfile.GFile(path, "wb") as f:
+        f.write(data)
+    fsync_file(path)
+
+
+def write_atomic(path: str, data: bytes | str) -> None:
+    """Replaces `path` with `data` so that readers see the old or the new file, never half."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    tmp = temp_name(path)
+    try:
+        write_bytes(tmp, data)
+        gfile.rename(tmp, path, overwrite=True)
+    except BaseException:
+        remove(tmp)
+        raise
+    fsync_dir(dirname(path))
+
+
+def append_text(path: str, text: str) -> None:
+    if is_local(path):
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+        return
+    old = read_text(path) if exists(path) else ""
+    write_atomic(path, old + text)
+
+
+def rename(src: str, dst: str, overwrite: bool = False) -> None:
+    gfile.rename(src, dst, overwrite=overwrite)
+
+
+def remove(path: str) -> bool:
+    """Deletes one file if it is there; True if it was."""
+    try:
+        if is_local(path):
+            os.remove(path)
+        else:
+            gfile.remove(path)
+        return True
+    except (FileNotFoundError, tf.errors.NotFoundError):
+        return False
+
+
+def rmtree(path: str) -> None:
+    try:
+        gfile.rmtree(path)
+    except tf.errors.NotFoundError:
+        pass
+
+
+def fsync_file(path: str) -> None:
+    """Flushes a local file to stable storage (no-op elsewhere)."""
+    if not is_local(path):
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: str) -> None:
+    """Makes renames inside a local directory durable (no-op where unsupported)."""
+    if not is_local(directory):
+        return
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

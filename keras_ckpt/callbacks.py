@@ -1,0 +1,414 @@
+"""Keras callbacks: `CheckpointCallback` decides *when*; a `CheckpointManager` does the rest.
+
+`BestCheckpoint`, `RotatingCheckpoint` and `TimedCheckpoint` are presets: arguments in,
+policies out. Keras 3 does not call `on_train_end` when `fit` is interrupted by an exception
+or `KeyboardInterrupt`: a background write then finishes on its own, but no final save is
+made; call `cb.close()` to wait for it and release the directory (a new callback on the same
+directory takes over by itself once the interrupted `fit` is gone).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_ckpt import _fs
+from keras_ckpt.directory import scan
+from keras_ckpt.errors import MonitorNotFoundError
+from keras_ckpt.info import CheckpointInfo
+from keras_ckpt.manager import CheckpointManager, _check_verbose
+from keras_ckpt.policies import (
+    EveryEpoch,
+    EveryNSeconds,
+    KeepAll,
+    KeepBest,
+    KeepEveryNHours,
+    KeepLast,
+    KeepPolicy,
+    SavePolicy,
+    _check_positive_number,
+    as_policies,
+    save_every,
+)
+
+__all__ = ["CheckpointCallback", "BestCheckpoint", "RotatingCheckpoint", "TimedCheckpoint"]
+
+
+def _fit_frame_token() -> tuple[int, int, Any]:
+    """Identifies the `fit` call running this callback (thread, frame id, code)."""
+    frame = sys._getframe(2)
+    probe = frame
+    for _ in range(12):
+        if probe is None:
+            break
+        if probe.f_code.co_name == "fit":
+            frame = probe
+            break
+        probe = probe.f_back
+    return threading.get_ident(), id(frame), frame.f_code
+
+
+def _frame_alive(token: tuple[int, int, Any]) -> bool:
+    thread_id, frame_id, code = token
+    frame = sys._current_frames().get(thread_id)
+    while frame is not None:
+        if id(frame) == frame_id and frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _check_validation_data(data: Any) -> None:
+    if data is None or isinstance(data, tf.data.Dataset):
+        return
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        return
+    raise ValueError(
+        "`validation_data` must be a tuple (x_val, y_val), (x_val, y_val, sample_weight) or a "
+        f"tf.data.Dataset. Received: validation_data of type {type(data).__name__}"
+    )
+
+
+class CheckpointCallback(keras.callbacks.Callback):
+    """Saves checkpoints when its save policy says so; keeps what its keep policies protect.
+
+    Args:
+        directory: The directory this callback owns.
+        save: When to consider a save: `EveryEpoch()`, `EveryNSteps(n)`, `EveryNSeconds(s)`.
+        keep: A keep policy or a list of them (a union); default `[KeepLast(5)]`.
+        validation_data: `(x_val, y_val)` or a `tf.data.Dataset`, evaluated at every save
+            point (its metrics logged as `val_*`), for monitoring `val_*` inside epochs.
+        save_on_train_end: Also save the final step when training ends (unless saved).
+        save_optimizer: Store the optimizer's state (slots, iterations) for exact resume.
+        async_save: Snapshot on the training thread, write in the background.
+        verbose: 1 prints one line per save and deletion.
+
+    Example:
+        >>> cb = CheckpointCallback("runs/mix", save=EveryNSteps(100),
+        ...                         keep=[KeepBest("val_loss", k=2), KeepLast(3)],
+        ...                         validation_data=(x_val, y_val))
+        >>> model.fit(x, y, epochs=10, callbacks=[cb])
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        save: SavePolicy | None = None,
+        keep: KeepPolicy | Sequence[KeepPolicy] | None = None,
+        validation_data: Any = None,
+        save_on_train_end: bool = False,
+        save_optimizer: bool = True,
+        async_save: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__()
+        if directory is None or not _fs.fspath(directory):
+            raise ValueError(f"`directory` must be a path. Received: directory={directory!r}")
+        save = EveryEpoch() if save is None else save
+        if not isinstance(save, SavePolicy):
+            raise ValueError(
+                "`save` must be a save policy: EveryEpoch(), EveryNSteps(n) or "
+                f"EveryNSeconds(s). Received: save={save!r}"
+            )
+        _check_validation_data(validation_data)
+        self.directory = _fs.fspath(directory)
+        self.save_policy = save
+        self.keep = as_policies(keep, KeepLast(5))
+        self.validation_data = validation_data
+        self.save_on_train_end = bool(save_on_train_end)
+        self.save_optimizer = bool(save_optimizer)
+        self.async_save = bool(async_save)
+        self.verbose = _check_verbose(verbose)
+        self.manager: CheckpointManager | None = None
+        self._batches = 0
+        self._last_time = time.monotonic()
+        self._epochs_done = 0
+        self._last_logs: dict[str, Any] = {}
+
+    # -- what the user reads ----------------------------------------------------------------
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """The kept checkpoints, oldest first."""
+        if self.manager is not None:
+            return self.manager.checkpoints
+        return scan(self.directory).kept if _fs.isdir(self.directory) else []
+
+    # -- Keras hooks --------------------------------------------------------------------------
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        if self.manager is None or self.manager._closed:
+            self.manager = CheckpointManager(
+                self.directory,
+                self.model,
+                keep=self.keep,
+                save_optimizer=self.save_optimizer,
+                async_save=self.async_save,
+                verbose=self.verbose,
+            )
+        token = _fit_frame_token()
+        self.manager._active_check = lambda: _frame_alive(token)
+        self._batches = 0
+        self._last_time = time.monotonic()
+        self._epochs_done = 0
+        self._last_logs = {}
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs_done = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self._batches += 1
+        if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
+            self._save_point(logs, epoch_end=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._epochs_done = epoch + 1
+        self._last_logs = dict(logs or {})
+        self.manager.log_epoch(epoch + 1, logs)
+        if self.save_policy.at_epoch(time.monotonic() - self._last_time):
+            self._save_point(logs, epoch_end=True)
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.manager is None:
+            return
+        try:
+            if self.save_on_train_end:
+                metrics = {**self._last_logs, **(logs or {})}
+                self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Waits for a background write and releases the directory (done by `on_train_end`)."""
+        if self.manager is not None:
+            self.manager.close()
+
+    # -- one save point -----------------------------------------------------------------------
+
+    def _save_point(self, logs: dict[str, Any] | None, epoch_end: bool) -> CheckpointInfo | None:
+        self._batches = 0
+        self._last_time = time.monotonic()
+        metrics = dict(logs or {})
+        if self.validation_data is not None and not (
+            epoch_end and any(k.startswith("val_") for k in metrics)
+        ):
+            metrics.update(self._evaluate())
+        self._check_monitors(metrics, epoch_end)
+        return self.manager.save(metrics=metrics, epoch=self._epochs_done)
+
+    def _check_monitors(self, metrics: dict[str, Any], epoch_end: bool) -> None:
+        for policy in self.keep:
+            if not isinstance(policy, KeepBest) or policy.monitor in metrics:
+                continue
+            names = ", ".join(sorted(metrics)) or "none"
+            hint = ""
+            if policy.monitor.startswith("val_"):
+                if epoch_end:
+                    hint = (
+                        " Pass validation data to fit() (validation_data= or "
+                        "validation_split=), or validation_data= to this callback."
+                    )
+                else:
+                    hint = (
+                        " Keras computes val_* metrics only at epoch end: pass "
+                        "validation_data=(x_val, y_val) to this callback to evaluate at "
+                        "every save point."
+                    )
+            raise MonitorNotFoundError(
+                f"Monitored metric {policy.monitor!r} is not in the logs; available metrics: "
+                f"{names}.{hint}"
+            )
+
+    def _evaluate(self) -> dict[str, float]:
+        """Evaluates on `validation_data` without disturbing the epoch's training metrics."""
+        state = [v.numpy() for v in self.model.metrics_variables]
+        data = self.validation_data
+        if isinstance(data, tf.data.Dataset):
+            result = self.model.evaluate(data, verbose=0, return_dict=True)
+        else:
+            x, y, *weights = data
+            result = self.model.evaluate(
+                x, y, sample_weight=weights[0] if weights else None, verbose=0, return_dict=True
+            )
+        for variable, value in zip(self.model.metrics_variables, state, strict=True):
+            variable.assign(value)
+        return {f"val_{k}": float(v) for k, v in result.items()}
+
+
+class BestCheckpoint(CheckpointCallback):
+    """Saves when `monitor` improves; keeps the `keep_best` best checkpoints.
+
+    Args:
+        directory: The directory this callback owns.
+        monitor: The metric to watch, e.g. `"val_loss"` or `"val_accuracy"`.
+        mode: `"min"`, `"max"` or `"auto"` (max for acc/auc/precision/recall/f1 names).
+        min_delta: An improvement must beat the best by more than this.
+        keep_best: How many of the best checkpoints stay.
+        save_freq: `"epoch"` or every N training batches.
+        validation_data: Evaluated at each save point, for `val_*` monitors with an integer
+            `save_freq` ("evaluate every N iterations, keep the best").
+        save_optimizer: Store the optimizer's state too.
+        async_save: Write in the background.
+        verbose: 1 prints one line per save and deletion.
+
+    Example:
+        >>> cb = BestCheckpoint("runs/best", monitor="val_loss", keep_best=3)
+        >>> model.fit(x, y, validation_split=0.2, epochs=20, callbacks=[cb])
+        >>> cb.best_checkpoint, cb.best_value
+        ('runs/best/ckpt-96', 0.0412)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        monitor: str = "val_loss",
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        keep_best: int = 1,
+        save_freq: int | str = "epoch",
+        validation_data: Any = None,
+        save_optimizer: bool = True,
+        async_save: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        try:
+            self._best_policy = KeepBest(monitor, k=keep_best, mode=mode, min_delta=min_delta)
+        except ValueError as exc:  # name the argument as the user spelled it
+            message = str(exc).replace("`k`", "`keep_best`").replace(" k=", " keep_best=")
+            raise ValueError(message) from None
+        super().__init__(
+            directory,
+            save=save_every(save_freq),
+            keep=[self._best_policy],
+            validation_data=validation_data,
+            save_on_train_end=False,
+            save_optimizer=save_optimizer,
+            async_save=async_save,
+            verbose=verbose,
+        )
+        self.monitor = monitor
+
+    @property
+    def best_checkpoint(self) -> str | None:
+        """The path prefix of the best kept checkpoint, or None."""
+        best = self._best_policy.best(self.checkpoints)
+        return best.path if best else None
+
+    @property
+    def best_value(self) -> float | None:
+        """The monitored value of the best kept checkpoint, or None."""
+        best = self._best_policy.best(self.checkpoints)
+        return best.metrics[self.monitor] if best else None
+
+
+class RotatingCheckpoint(CheckpointCallback):
+    """Saves on a schedule and keeps the newest `max_to_keep` checkpoints.
+
+    Args:
+        directory: The directory this callback owns.
+        max_to_keep: How many of the newest checkpoints stay.
+        save_freq: `"epoch"` or every N training batches.
+        keep_every_n_hours: Also keep one checkpoint per this many hours, for good.
+        save_on_train_end: Also save the final step when training ends.
+        save_optimizer: Store the optimizer's state too.
+        async_save: Write in the background.
+        verbose: 1 prints one line per save and deletion.
+
+    Example:
+        >>> model.fit(x, y, epochs=50, callbacks=[RotatingCheckpoint("runs/last", 3)])
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        max_to_keep: int = 5,
+        save_freq: int | str = "epoch",
+        keep_every_n_hours: float | None = None,
+        save_on_train_end: bool = True,
+        save_optimizer: bool = True,
+        async_save: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
+        if keep_every_n_hours is not None:
+            keep.append(_keep_hours(keep_every_n_hours))
+        super().__init__(
+            directory,
+            save=save_every(save_freq),
+            keep=keep,
+            save_on_train_end=save_on_train_end,
+            save_optimizer=save_optimizer,
+            async_save=async_save,
+            verbose=verbose,
+        )
+
+
+class TimedCheckpoint(CheckpointCallback):
+    """Saves once `every_seconds` of wall time passed (checked at batch ends).
+
+    Args:
+        directory: The directory this callback owns.
+        every_seconds: Minimum wall time between saves.
+        max_to_keep: How many of the newest checkpoints stay (`None`: all).
+        keep_every_n_hours: Also keep one checkpoint per this many hours, for good.
+        save_on_train_end: Also save the final step when training ends.
+        save_optimizer: Store the optimizer's state too.
+        async_save: Write in the background.
+        verbose: 1 prints one line per save and deletion.
+
+    Example:
+        >>> cb = TimedCheckpoint("runs/timed", every_seconds=1800, max_to_keep=4)
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        every_seconds: float,
+        max_to_keep: int | None = None,
+        keep_every_n_hours: float | None = None,
+        save_on_train_end: bool = True,
+        save_optimizer: bool = True,
+        async_save: bool = False,
+        verbose: int = 0,
+    ) -> None:
+        _check_positive_number("every_seconds", every_seconds)
+        keep: list[KeepPolicy] = [
+            KeepAll() if max_to_keep is None else _keep_last("max_to_keep", max_to_keep)
+        ]
+        if keep_every_n_hours is not None:
+            keep.append(_keep_hours(keep_every_n_hours))
+        super().__init__(
+            directory,
+            save=EveryNSeconds(every_seconds),
+            keep=keep,
+            save_on_train_end=save_on_train_end,
+            save_optimizer=save_optimizer,
+            async_save=async_save,
+            verbose=verbose,
+        )
+
+
+def _keep_last(name: str, value: Any) -> KeepLast:
+    try:
+        return KeepLast(value)
+    except ValueError:
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        ) from None
+
+
+def _keep_hours(value: Any) -> KeepEveryNHours:
+    try:
+        return KeepEveryNHours(value)
+    except ValueError:
+        raise ValueError(
+            f"`keep_every_n_hours` must be a positive number of hours. Received: "
+            f"keep_every_n_hours={value!r}"
+        ) from None

@@ -1,0 +1,387 @@
+"""`CheckpointDirectory`: one directory of checkpoints, its lock, records and state file.
+
+Layout::
+
+    checkpoint                     TF CheckpointState text (relative paths): the commit point
+    ckpt-N.index, ckpt-N.data-*    written by tf.train.Checkpoint
+    ckpt-N.json                    our record: step, epoch, metrics, saved_at, file sizes
+    model.json, history.jsonl      architecture (once) and one line of logs per epoch
+    .lock                          held by the one writer
+    .tmp-ckpt-N-<token>/           a save in progress (removed by the next writer if left over)
+
+A checkpoint is *ours* when its `ckpt-N.json` record exists; only ours are ever deleted, and
+only the files that record names, inside this directory. A commit writes into a temporary
+folder, then renames in the record, the data and the index (last), then replaces `checkpoint`.
+A deletion goes the other way (state file, index, data, record), so a crash at any instant
+leaves complete checkpoints or leftovers that `cleanup` recognises (a record without index).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from keras_ckpt import _fs
+from keras_ckpt.errors import DirectoryLockedError
+from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of, to_json
+
+logger = logging.getLogger(__name__)
+
+STATE = "checkpoint"
+LOCK = ".lock"
+TMP_PREFIX = ".tmp-"
+_RECORD_RE = re.compile(r"^(ckpt-\d+)\.json$")
+_INDEX_RE = re.compile(r"^(ckpt-\d+)\.index$")
+_STATE_LINE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
+
+
+@dataclass
+class Scan:
+    """What a directory holds: kept (complete, ours) checkpoints oldest first, and problems."""
+
+    kept: list[CheckpointInfo] = field(default_factory=list)
+    damaged: dict[str, str] = field(default_factory=dict)  # prefix name -> why
+    partial: list[str] = field(default_factory=list)  # prefix names of interrupted saves
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # step -> sidecar record
+    newest_step: int = -1  # over everything on disk, damaged included
+    start: float | None = None  # keep_every_n_hours counts from here
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def format_state(names: list[str], timestamps: list[float], start: float) -> str:
+    """A `checkpoint` file as `tf.train.CheckpointManager` writes it (relative paths)."""
+    lines = []
+    if names:
+        lines.append(f"model_checkpoint_path: {_quote(names[-1])}")
+    lines += [f"all_model_checkpoint_paths: {_quote(n)}" for n in names]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in timestamps]
+    lines.append(f"last_preserved_timestamp: {start!r}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_state(text: str) -> dict[str, list[str]]:
+    """Parses a `checkpoint` file into field -> values.
+
+    Raises:
+        ValueError: a line is not of the `key: value` form.
+    """
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        match = _STATE_LINE_RE.match(line)
+        if not match:
+            raise ValueError(f"unreadable line {line[:60]!r}")
+        key, value = match.groups()
+        if value.startswith('"'):
+            if not value.endswith('"') or len(value) < 2:
+                raise ValueError(f"unterminated string in line {line[:60]!r}")
+            value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def scan(directory: str) -> Scan:
+    """Reads the records of `directory` (no writes). Damaged checkpoints are reported, not kept."""
+    result = Scan()
+    names = _fs.list_dir(directory)
+    present = set(names)
+    for name in names:
+        match = _RECORD_RE.match(name) or _INDEX_RE.match(name)
+        if match:
+            step = step_of(match.group(1))
+            if step is not None:
+                result.newest_step = max(result.newest_step, step)
+    for name in names:
+        match = _RECORD_RE.match(name)
+        if not match:
+            continue
+        prefix = match.group(1)
+        path = _fs.join(directory, prefix)
+        try:
+            info, record = from_json(_fs.read_text(_fs.join(directory, name)), path)
+        except (ValueError, KeyError, TypeError) as exc:
+            result.damaged[prefix] = f"{name} is not a valid record ({exc})"
+            continue
+        if prefix_name(info.step) != prefix:
+            result.damaged[prefix] = f"{name} records step {info.step}, not {prefix}"
+            continue
+        if f"{prefix}.index" not in present:
+            result.partial.append(prefix)
+            continue
+        problem = _check_files(directory, record, present)
+        if problem:
+            result.damaged[prefix] = problem
+            continue
+        result.kept.append(info)
+        result.records[info.step] = record
+    result.kept.sort(key=lambda i: i.step)
+    result.start = _state_start(directory, present)
+    return result
+
+
+def _check_files(directory: str, record: dict[str, Any], present: set[str]) -> str | None:
+    files = record.get("files")
+    if not isinstance(files, dict) or not files:
+        return "its record lists no files"
+    for fname, expected in files.items():
+        if fname not in present:
+            return f"{fname} is missing"
+        actual = _fs.size(_fs.join(directory, fname))
+        if actual != expected:
+            return f"{fname} is {actual} bytes, expected {expected} (truncated or altered)"
+    return None
+
+
+def _state_start(directory: str, present: set[str]) -> float | None:
+    if STATE not in present:
+        return None
+    try:
+        fields = parse_state(_fs.read_text(_fs.join(directory, STATE)))
+        return float(fields["last_preserved_timestamp"][-1])
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError):
+        return None
+
+
+_DATA_RE = re.compile(r"^(ckpt-\d+)\.data-\d{5}-of-\d{5}$")
+
+
+def _owned_files(prefix: str, names: list[str]) -> list[str]:
+    """The files of our checkpoint `prefix` among `names`: index first, record last."""
+    data = [n for n in names if (m := _DATA_RE.match(n)) and m.group(1) == prefix]
+    return [f"{prefix}.index", *data, f"{prefix}.json"]
+
+
+def _is_temp_file(name: str) -> bool:
+    """`checkpoint.tmp-*`, `ckpt-N.json.tmp-*`, `model.json.tmp-*`: our atomic-write temps."""
+    base = name.split(".tmp-")[0]
+    return base in (STATE, "model.json", "history.jsonl", LOCK) or bool(_RECORD_RE.match(base))
+
+
+# -- the lock -----------------------------------------------------------------------------------
+
+_HOLDERS: dict[str, weakref.ref] = {}
+_HOLDERS_GUARD = threading.Lock()
+
+
+def _lock_key(directory: str) -> str:
+    return os.path.realpath(directory) if _fs.is_local(directory) else directory
+
+
+class DirectoryLock:
+    """Makes one writer (in this process and across processes) own a directory.
+
+    Within a process a registry of live holders answers; across processes, on local disks,
+    `flock` on `.lock` (released by the kernel when a process dies, so a killed run never
+    leaves a stale lock); elsewhere a `.lock` file naming host and pid.
+    """
+
+    def __init__(self, directory: str, owner: object) -> None:
+        self.directory = directory
+        self._owner = weakref.ref(owner)
+        self._fd: int | None = None
+        self._held = False
+
+    def acquire(self) -> None:
+        if self._held:
+            return
+        key = _lock_key(self.directory)
+        with _HOLDERS_GUARD:
+            other = _HOLDERS.get(key)
+            holder = other() if other else None
+            if holder is not None and holder is not self._owner() and _is_active(holder):
+                raise DirectoryLockedError(
+                    f"{self.directory} is already being written by another checkpoint "
+                    f"callback or manager in this process ({type(holder).__name__}). Give "
+                    "each callback its own directory, or call .close() on the other one."
+                )
+            if holder is not None and holder is not self._owner():
+                release = getattr(holder, "_release_lock", None)
+                if release:
+                    release()
+            self._acquire_file()
+            _HOLDERS[key] = self._owner
+            self._held = True
+
+    def _acquire_file(self) -> None:
+        path = _fs.join(self.directory, LOCK)
+        me = f"{socket.gethostname()}:{os.getpid()}"
+        if _fs.is_local(self.directory):
+            import fcntl
+
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise DirectoryLockedError(
+                    f"{self.directory} is locked by another process (see {path}). Two runs "
+                    "must not write one checkpoint directory; wait for the other run to end "
+                    "or choose another directory."
+                ) from None
+            os.ftruncate(fd, 0)
+            os.write(fd, me.encode())
+            self._fd = fd
+            return
+        if _fs.exists(path):
+            owner = _fs.read_text(path).strip()
+            host, _, pid = owner.partition(":")
+            if owner != me and host == socket.gethostname() and _pid_alive(pid):
+                raise DirectoryLockedError(
+                    f"{self.directory} is locked by process {pid} on this host (see {path}); "
+                    "wait for it to end or choose another directory."
+                )
+            if owner != me and host != socket.gethostname():
+                logger.warning("Taking over %s, left by %s", path, owner)
+        _fs.write_atomic(path, me)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        with _HOLDERS_GUARD:
+            key = _lock_key(self.directory)
+            if _HOLDERS.get(key) is self._owner:
+                del _HOLDERS[key]
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+        elif not _fs.is_local(self.directory):
+            _fs.remove(_fs.join(self.directory, LOCK))
+
+    @property
+    def held(self) -> bool:
+        return self._held
+
+
+def _is_active(holder: object) -> bool:
+    check = getattr(holder, "_lock_active", None)
+    return bool(check()) if callable(check) else True
+
+
+def _pid_alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- the directory --------------------------------------------------------------------------------
+
+
+class CheckpointDirectory:
+    """Owns one directory: commits, deletes, the state file and the sidecar files."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.path = _fs.fspath(directory)
+
+    def prefix(self, step: int) -> str:
+        return _fs.join(self.path, prefix_name(step))
+
+    def scan(self) -> Scan:
+        return scan(self.path)
+
+    def cleanup(self, found: Scan) -> list[str]:
+        """Removes leftovers of interrupted saves (ours, known by name); returns what went."""
+        removed = []
+        for name in _fs.list_dir(self.path):
+            full = _fs.join(self.path, name)
+            if name.startswith(TMP_PREFIX) and _fs.isdir(full):
+                _fs.rmtree(full)
+                removed.append(name)
+            elif ".tmp-" in name and _is_temp_file(name):
+                _fs.remove(full)
+                removed.append(name)
+        names = _fs.list_dir(self.path)
+        for prefix in found.partial:
+            for fname in _owned_files(prefix, names):
+                if _fs.remove(_fs.join(self.path, fname)):
+                    removed.append(fname)
+        if removed:
+            logger.info("Removed leftovers of interrupted saves in %s: %s", self.path, removed)
+        return removed
+
+    def commit(
+        self,
+        info: CheckpointInfo,
+        write: Callable[[str], None],
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Writes one checkpoint atomically (all files complete, or none visible as kept).
+
+        Args:
+            info: The checkpoint to write; `info.step` names it.
+            write: Writes TF checkpoint files at the prefix it is given.
+            extra: More fields for the JSON record.
+
+        Returns:
+            The JSON record written.
+        """
+        name = prefix_name(info.step)
+        tmpdir = _fs.join(self.path, f"{TMP_PREFIX}{name}-{_fs.temp_name('x')[-12:]}")
+        _fs.makedirs(tmpdir)
+        try:
+            write(_fs.join(tmpdir, name))
+            files = {}
+            for fname in _fs.list_dir(tmpdir):
+                if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
+                    full = _fs.join(tmpdir, fname)
+                    _fs.fsync_file(full)
+                    files[fname] = _fs.size(full)
+            if f"{name}.index" not in files:
+                raise OSError(f"TensorFlow wrote no {name}.index in {tmpdir}")
+            record_extra = dict(extra or {})
+            record_extra["files"] = files
+            text = to_json(info, record_extra)
+            _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())
+            _fs.rename(_fs.join(tmpdir, f"{name}.json"), _fs.join(self.path, f"{name}.json"), True)
+            data = sorted(f for f in files if f != f"{name}.index")
+            for fname in [*data, f"{name}.index"]:
+                _fs.rename(_fs.join(tmpdir, fname), _fs.join(self.path, fname), overwrite=True)
+            _fs.fsync_dir(self.path)
+        finally:
+            _fs.rmtree(tmpdir)
+        return json.loads(text)
+
+    def write_state(self, kept: list[CheckpointInfo], start: float) -> None:
+        """Atomically replaces `checkpoint` so that it names exactly `kept` (relative paths)."""
+        kept = sorted(kept, key=lambda i: i.step)
+        text = format_state([i.name for i in kept], [i.saved_at for i in kept], start)
+        _fs.write_atomic(_fs.join(self.path, STATE), text)
+
+    def delete(self, doomed: list[CheckpointInfo]) -> None:
+        """Deletes the files of our checkpoints `doomed` (each: index first, record last)."""
+        if not doomed:
+            return
+        names = _fs.list_dir(self.path)
+        for info in doomed:
+            for fname in _owned_files(info.name, names):
+                _fs.remove(_fs.join(self.path, fname))
+
+    def write_model_json(self, text: str) -> None:
+        path = _fs.join(self.path, "model.json")
+        if not _fs.exists(path):
+            _fs.write_atomic(path, text)
+
+    def append_history(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, default=float) + "\n"
+        _fs.append_text(_fs.join(self.path, "history.jsonl"), line)
+
+
+def now() -> float:
+    return time.time()
