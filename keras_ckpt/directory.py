@@ -360,9 +360,27 @@ class CheckpointDirectory:
 
     def write_state(self, kept: list[CheckpointInfo], start: float) -> None:
         """Atomically replaces `checkpoint` so that it names exactly `kept` (relative paths)."""
-        kept = sorted(kept, key=lambda i: i.step)
-        text = format_state([i.name for i in kept], [i.saved_at for i in kept], start)
+        _fs.write_atomic(_fs.join(self.path, STATE), _state_text(kept, start))
+
+    def sync_state(self, kept: list[CheckpointInfo], start: float) -> bool:
+        """Rewrites `checkpoint` unless it already names exactly `kept`; True if it did.
+
+        A crash between a commit and its state write leaves a complete checkpoint the state
+        file does not name yet (or, during a rotation, names no more); a garbled state file
+        names nothing. The next writer calls this so that `tf.train.latest_checkpoint` names
+        the newest kept checkpoint again. With nothing of ours kept it changes nothing (the
+        state file may belong to plain TensorFlow checkpoints).
+        """
+        if not kept:
+            return False
+        text = _state_text(kept, start)
+        try:
+            if _fs.read_text(_fs.join(self.path, STATE)) == text:
+                return False
+        except Exception:  # missing or unreadable: rewrite it
+            pass
         _fs.write_atomic(_fs.join(self.path, STATE), text)
+        return True
 
     def delete(self, doomed: list[CheckpointInfo]) -> None:
         """Deletes the files of our checkpoints `doomed` (each: index first, record last)."""
@@ -381,6 +399,11 @@ class CheckpointDirectory:
     def append_history(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=float) + "\n"
         _fs.append_text(_fs.join(self.path, "history.jsonl"), line)
+
+
+def _state_text(kept: list[CheckpointInfo], start: float) -> str:
+    kept = sorted(kept, key=lambda i: i.step)
+    return format_state([i.name for i in kept], [i.saved_at for i in kept], start)
 
 
 def now() -> float:

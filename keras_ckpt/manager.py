@@ -121,6 +121,8 @@ class CheckpointManager:
             self._start = found.start
         elif found.kept:
             self._start = min(self._start, found.kept[0].saved_at)
+        if cleanup:
+            self._dir.sync_state(self._kept, self._start)
 
     @property
     def checkpoints(self) -> list[CheckpointInfo]:
