@@ -21,7 +21,13 @@ from keras_ckpt.errors import (
     MonitorNotFoundError,
 )
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.loader import best_checkpoint, latest_checkpoint, list_checkpoints, restore
+from keras_ckpt.loader import (
+    best_checkpoint,
+    latest_checkpoint,
+    list_checkpoints,
+    restore,
+    resume,
+)
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import (
     EveryEpoch,
@@ -51,6 +57,7 @@ __all__ = [
     "latest_checkpoint",
     "best_checkpoint",
     "restore",
+    "resume",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointMismatchError",

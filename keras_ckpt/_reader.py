@@ -141,3 +141,11 @@ class CheckpointReader:
                 f"Restore another checkpoint or run `keras-ckpt verify "
                 f"{_fs.dirname(self.prefix)}`."
             ) from exc
+
+
+def describe(prefix: str, exc: CheckpointCorruptError) -> str:
+    """`<file>: <what TensorFlow found>` for a `CheckpointCorruptError` raised here."""
+    cause = exc.__cause__
+    if isinstance(cause, TF_READ_ERRORS):
+        return f"{blame(prefix, cause, prefix + '.index')}: {short(cause)}"
+    return str(exc)

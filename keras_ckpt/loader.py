@@ -1,57 +1,41 @@
-"""Reading checkpoints back: list, latest, best, restore.
+"""Reading checkpoints back: list, latest, best, restore, resume, load, export, evaluate, verify.
 
 `restore` matches the checkpoint's variables to the model's through the object graph stored
 in the checkpoint (never by guessing key names), compares every shape and dtype first, and
 assigns only when all is well, so a failed restore leaves the model as it was.
 
-The work is done in private modules: `_reader` (one checkpoint's index and values, with
-TensorFlow's read errors translated) and `_restore` (object-graph matching).
+This module holds the public functions; the work is done in private modules: `_listing`
+(kept checkpoints, what a `checkpoint` argument means), `_reader` (one checkpoint's index and
+values, TensorFlow's read errors translated), `_restore` (object-graph matching),
+`_model_json` (rebuilding a model without running code from the file), `_export`
+(SavedModel, `.weights.h5`), `_evaluate` and `_verify`.
 """
 
 from __future__ import annotations
 
 import os
-import re
+import warnings
 from typing import Any
 
-from keras_ckpt import _fs
-from keras_ckpt._reader import CheckpointReader, check_sizes  # noqa: F401  (used by cli)
+from keras_ckpt import _fs, _listing
+from keras_ckpt._listing import info_of, newer_damaged
+from keras_ckpt._listing import resolve as _resolve
+from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
-from keras_ckpt.directory import STATE, parse_state, scan
-from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
-from keras_ckpt.info import CheckpointInfo, from_json, step_of
+from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepBest
 
-__all__ = ["list_checkpoints", "latest_checkpoint", "best_checkpoint", "restore"]
+__all__ = [
+    "list_checkpoints",
+    "latest_checkpoint",
+    "best_checkpoint",
+    "restore",
+    "resume",
+]
 
 
 # -- listing ------------------------------------------------------------------------------------
-
-
-def _foreign(directory: str) -> list[CheckpointInfo]:
-    """Checkpoints a plain `tf.train.CheckpointManager` recorded (no records of ours).
-
-    Only names inside `directory` are considered; absolute paths and `..` are ignored.
-    """
-    try:
-        fields = parse_state(_fs.read_text(_fs.join(directory, STATE)))
-    except Exception:  # no state file, or one we cannot read: nothing foreign to list
-        return []
-    names = fields.get("all_model_checkpoint_paths", [])
-    stamps = fields.get("all_model_checkpoint_timestamps", [])
-    present = set(_fs.list_dir(directory))
-    out = []
-    for i, name in enumerate(names):
-        if "/" in name or "\\" in name or name.startswith(".") or f"{name}.index" not in present:
-            continue
-        match = re.search(r"-(\d+)$", name)
-        saved = float(stamps[i]) if i < len(stamps) else 0.0
-        out.append(
-            CheckpointInfo(
-                _fs.join(directory, name), int(match.group(1)) if match else i, None, {}, saved
-            )
-        )
-    return sorted(out, key=lambda i: i.step)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
@@ -63,13 +47,7 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
         >>> [(i.step, i.metrics["val_loss"]) for i in list_checkpoints("runs/best")]
         [(400, 0.31), (800, 0.27)]
     """
-    path = _fs.fspath(directory)
-    if not _fs.isdir(path):
-        return []
-    found = scan(path)
-    if found.kept or found.damaged or found.partial:
-        return found.kept
-    return _foreign(path)
+    return _listing.kept(_fs.fspath(directory))
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> str | None:
@@ -87,40 +65,6 @@ def best_checkpoint(
     """
     best = KeepBest(monitor=monitor, mode=mode).best(list_checkpoints(directory))  # type: ignore[arg-type]
     return best.path if best else None
-
-
-def _resolve(checkpoint: str | os.PathLike[str]) -> str:
-    """A prefix for a prefix, the latest prefix for a directory."""
-    path = _fs.fspath(checkpoint)
-    if _fs.exists(path + ".index"):
-        return path
-    if _fs.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointNotFoundError(
-                f"{path} holds no complete checkpoint. Train with a keras_ckpt callback into "
-                "it first, or run `keras-ckpt verify` on it to see what is there."
-            )
-        return latest
-    raise CheckpointNotFoundError(
-        f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists."
-    )
-
-
-def info_of(prefix: str) -> CheckpointInfo:
-    """The `CheckpointInfo` of a prefix, from its record when there is one."""
-    record = prefix + ".json"
-    if _fs.exists(record):
-        try:
-            return from_json(_fs.read_text(record), prefix)[0]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorruptError(
-                f"{record} is not a valid checkpoint record ({exc}): run "
-                f"`keras-ckpt verify {_fs.dirname(prefix)}`"
-            ) from exc
-    step = step_of(_fs.basename(prefix))
-    saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0
-    return CheckpointInfo(prefix, step if step is not None else 0, None, {}, saved)
 
 
 def restore(
@@ -150,3 +94,81 @@ def restore(
     prefix = _resolve(checkpoint)
     restore_into(model, prefix, strict=strict)
     return info_of(prefix)
+
+
+# -- resuming -----------------------------------------------------------------------------------
+
+
+def resume(model: Any, directory: str | os.PathLike[str]) -> int:
+    """Restores the newest intact checkpoint of `directory` and returns `initial_epoch`.
+
+    The model's variables and, when `model` is compiled, its optimizer state (slots and
+    iteration count) are restored, so `fit(..., initial_epoch=resume(model, d))` continues
+    the interrupted run: with the same data order and deterministic ops it ends with the
+    same weights as a run that was never interrupted.
+
+    A damaged newest checkpoint (truncated, altered, unreadable) is skipped with a warning and
+    the newest intact one is used; nothing on disk is changed. If no checkpoint is intact,
+    a warning says so and 0 is returned (training starts over) rather than raising, so a
+    restart script cannot fall into a crash loop.
+
+    Args:
+        model: The model to train, built (and compiled, to restore the optimizer too).
+        directory: The checkpoint directory the interrupted run wrote.
+
+    Returns:
+        Epochs completed at the restored checkpoint (its `epoch`), to pass as
+        `initial_epoch`; 0 for a missing or empty directory, or a checkpoint that records
+        no epoch (saved by a custom loop without `epoch=`: continue from `info.step`).
+
+    Raises:
+        CheckpointMismatchError: the model does not match the checkpoints' architecture.
+
+    Example:
+        >>> cb = RotatingCheckpoint("runs/last")
+        >>> model.fit(x, y, epochs=20, initial_epoch=resume(model, "runs/last"),
+        ...           callbacks=[cb])
+    """
+    path = _fs.fspath(directory)
+    if not _fs.isdir(path):
+        return 0
+    kept = list_checkpoints(path)
+    skipped = newer_damaged(path, kept[-1].step if kept else -1)
+    if skipped:
+        warnings.warn(
+            f"resume: the newest checkpoint(s) in {path} are damaged and were skipped ("
+            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+            + "). Falling back to the newest intact one.",
+            stacklevel=2,
+        )
+    for info in reversed(kept):
+        try:
+            optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=3)
+        except CheckpointCorruptError as exc:
+            warnings.warn(
+                f"resume: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "
+                "Falling back to an older checkpoint.",
+                stacklevel=2,
+            )
+            continue
+        if getattr(model, "optimizer", None) is None:
+            warnings.warn(
+                f"resume: restored {info.path} into an uncompiled model, so no optimizer "
+                "state was restored. Compile the model before resume() to continue exactly.",
+                stacklevel=2,
+            )
+        elif not optimizer_restored:
+            warnings.warn(
+                f"resume: {info.path} holds no usable optimizer state (saved with "
+                "save_optimizer=False, or another optimizer); training continues with a "
+                "fresh optimizer and will not match an uninterrupted run exactly.",
+                stacklevel=2,
+            )
+        return int(info.epoch or 0)
+    if kept or skipped:
+        warnings.warn(
+            f"resume: no intact checkpoint in {path}; training starts from epoch 0. Run "
+            f"`keras-ckpt verify {path}` to see what is damaged.",
+            stacklevel=2,
+        )
+    return 0
