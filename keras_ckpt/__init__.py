@@ -27,6 +27,7 @@ from keras_ckpt.loader import (
     list_checkpoints,
     restore,
     resume,
+    verify,
 )
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import (
@@ -58,6 +59,7 @@ __all__ = [
     "best_checkpoint",
     "restore",
     "resume",
+    "verify",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointMismatchError",

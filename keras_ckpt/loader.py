@@ -17,12 +17,12 @@ import os
 import warnings
 from typing import Any
 
-from keras_ckpt import _fs, _listing
+from keras_ckpt import _fs, _listing, _verify
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
-from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepBest
 
@@ -32,6 +32,7 @@ __all__ = [
     "best_checkpoint",
     "restore",
     "resume",
+    "verify",
 ]
 
 
@@ -172,3 +173,40 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
             stacklevel=2,
         )
     return 0
+
+
+# -- evaluating and verifying -------------------------------------------------------------------
+
+
+def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:
+    """Reads checkpoints end to end and lists every problem, one line per damaged file.
+
+    For a checkpoint prefix, that checkpoint; for a directory, every checkpoint in it (kept
+    or already known damaged), its `checkpoint` state file and `model.json`. Every tensor is
+    read back, so TensorFlow's per-tensor checksums find altered bytes as well as truncated
+    files. Each line reads `<file>: <what is wrong>`. Nothing is written. Leftovers of an
+    interrupted save are not reported (they were never kept; the next run removes them).
+
+    Args:
+        directory_or_checkpoint: A checkpoint directory or a prefix.
+
+    Returns:
+        The problems found; `[]` when everything is intact.
+
+    Raises:
+        CheckpointNotFoundError: the path is neither a directory nor a checkpoint.
+
+    Example:
+        >>> verify("runs/best")
+        ['runs/best/ckpt-1200.data-00000-of-00001: 1048576 bytes, expected 4800512 (truncated or altered)']
+    """  # noqa: E501
+    path = _fs.fspath(directory_or_checkpoint)
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if _fs.exists(path + ".index") or _fs.exists(path + ".json"):
+        return _verify.verify_prefix(path)
+    if _fs.isdir(path):
+        return _verify.verify_directory(path, list_checkpoints(path))
+    raise CheckpointNotFoundError(
+        f"Nothing to verify at {path}: neither a checkpoint ({path}.index) nor a directory."
+    )
