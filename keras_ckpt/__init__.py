@@ -23,8 +23,12 @@ from keras_ckpt.errors import (
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.loader import (
     best_checkpoint,
+    export_saved_model,
+    export_weights_h5,
     latest_checkpoint,
     list_checkpoints,
+    load_model,
+    load_saved_model,
     restore,
     resume,
     verify,
@@ -59,6 +63,10 @@ __all__ = [
     "best_checkpoint",
     "restore",
     "resume",
+    "load_model",
+    "export_saved_model",
+    "load_saved_model",
+    "export_weights_h5",
     "verify",
     "CheckpointError",
     "CheckpointNotFoundError",

@@ -17,7 +17,9 @@ import os
 import warnings
 from typing import Any
 
-from keras_ckpt import _fs, _listing, _verify
+import keras
+
+from keras_ckpt import _export, _fs, _listing, _model_json, _verify
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
@@ -32,6 +34,10 @@ __all__ = [
     "best_checkpoint",
     "restore",
     "resume",
+    "load_model",
+    "export_saved_model",
+    "load_saved_model",
+    "export_weights_h5",
     "verify",
 ]
 
@@ -173,6 +179,139 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
             stacklevel=2,
         )
     return 0
+
+
+# -- loading without the model code -------------------------------------------------------------
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str], custom_objects: dict[str, Any] | None = None
+) -> keras.Model:
+    """Rebuilds the model from its directory's `model.json` and restores the checkpoint.
+
+    No model-building code is needed, and no code from the directory runs: the config is
+    checked before Keras sees it and deserialised in Keras safe mode. A `Lambda` layer
+    holding Python bytecode, or any class or function outside Keras that is not in
+    `custom_objects` (or registered with `keras.saving.register_keras_serializable`), is
+    refused with a `ValueError` naming `model.json`; no module it names is imported.
+
+    If the model was compiled when it was first saved, `model.json` carries its compile
+    config: the model comes back compiled (optimizer, loss, metrics) with the optimizer state
+    restored too, ready for `evaluate` or more `fit`. Otherwise it comes back uncompiled.
+
+    Args:
+        checkpoint: A prefix (`"runs/best/ckpt-1200"`) or a directory (its latest).
+        custom_objects: Classes and functions the architecture uses, by name.
+
+    Returns:
+        The rebuilt model with the checkpoint's weights.
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint, or no `model.json` beside it.
+        ValueError: `model.json` would run code, or Keras cannot rebuild it.
+        CheckpointMismatchError: the checkpoint does not fit the rebuilt model.
+        CheckpointCorruptError: a file is truncated or altered.
+
+    Example:
+        >>> model = load_model("runs/best")
+        >>> model.predict(x)
+    """
+    prefix = _resolve(checkpoint)
+    model = _model_json.build_model(_fs.dirname(prefix), custom_objects)
+    restore_into(model, prefix, strict=True, stacklevel=3)
+    return model
+
+
+def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
+    """The model with the checkpoint's state: `model`, or one rebuilt from model.json."""
+    prefix = _resolve(checkpoint, stacklevel=4)
+    if model is None:
+        model = _model_json.build_model(_fs.dirname(prefix), compile=optimizer)
+    restore_into(model, prefix, strict=True, optimizer=optimizer, stacklevel=4)
+    return model
+
+
+def export_saved_model(
+    checkpoint: str | os.PathLike[str], export_dir: str | os.PathLike[str], model: Any = None
+) -> str:
+    """Exports a checkpoint as a TensorFlow SavedModel with a serving signature.
+
+    Uses Keras' `model.export(export_dir, format="tf_saved_model")`: the SavedModel has a
+    `serve` endpoint and a `serving_default` signature, for TF Serving, `tf.saved_model.load`
+    or `load_saved_model`. It is written under a temporary name and renamed into place.
+
+    Args:
+        checkpoint: A prefix or a directory (its latest).
+        export_dir: A new (or empty) directory; an existing non-empty one is refused.
+        model: The architecture, for models `model.json` cannot describe (subclassed
+            models). It receives the checkpoint's weights (not its optimizer state).
+            Default: rebuilt from `model.json`.
+
+    Returns:
+        `export_dir`.
+
+    Raises:
+        ValueError: `export_dir` is not empty, or `model.json` is refused.
+        CheckpointNotFoundError, CheckpointMismatchError, CheckpointCorruptError: as `restore`.
+
+    Example:
+        >>> export_saved_model("runs/best", "exports/v1")
+        'exports/v1'
+    """
+    target = _fs.fspath(export_dir)
+    _export.check_export_dir(target)
+    return _export.write_saved_model(_prepare(checkpoint, model, optimizer=False), target)
+
+
+def load_saved_model(export_dir: str | os.PathLike[str]) -> keras.Model:
+    """A Keras model over an exported SavedModel, for inference (`predict`).
+
+    It wraps the SavedModel's `serve` endpoint (or its `serving_default` signature) in a
+    `keras.layers.TFSMLayer`, so it needs none of the original model's code: its `predict`
+    gives the original model's outputs. It cannot be trained further.
+
+    Args:
+        export_dir: A directory written by `export_saved_model` (or Keras' `model.export`).
+
+    Raises:
+        CheckpointNotFoundError: `export_dir` holds no `saved_model.pb`.
+
+    Example:
+        >>> load_saved_model("exports/v1").predict(x)
+    """
+    return _export.read_saved_model(_fs.fspath(export_dir))
+
+
+def export_weights_h5(
+    checkpoint: str | os.PathLike[str], path: str | os.PathLike[str], model: Any = None
+) -> str:
+    """Writes a checkpoint's model weights as a Keras `.weights.h5` file.
+
+    The file is what `model.save_weights` would have written at that step, so
+    `model.load_weights(path)` reads it into a model of the same architecture. As with Keras'
+    own files, it includes the optimizer state when there is one (the model was compiled and
+    the checkpoint holds it): a compiled model whose optimizer is not built yet loads the
+    weights and Keras warns that it skipped the optimizer. The file is written beside `path`
+    under a temporary name and renamed into place (an existing file at `path` is replaced
+    only once the new one is complete).
+
+    Args:
+        checkpoint: A prefix or a directory (its latest).
+        path: The file to write; must end in `.weights.h5`.
+        model: The architecture, if `model.json` cannot describe it; it receives the
+            checkpoint's weights (and optimizer state, if compiled). Default: rebuilt from
+            `model.json`, compiled as recorded there.
+
+    Returns:
+        `path`.
+
+    Example:
+        >>> export_weights_h5("runs/best", "best.weights.h5")
+        >>> build_model().load_weights("best.weights.h5")
+    """
+    target = _fs.fspath(path)
+    _export.check_weights_path(target)  # before any work
+    return _export.write_weights_h5(_prepare(checkpoint, model, optimizer=True), target)
 
 
 # -- evaluating and verifying -------------------------------------------------------------------
