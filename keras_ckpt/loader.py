@@ -101,8 +101,9 @@ def restore(
         1200
     """
     prefix = _resolve(checkpoint)
+    info = info_of(prefix)  # a garbled record raises here, before any variable changes
     restore_into(model, prefix, strict=strict)
-    return info_of(prefix)
+    return info
 
 
 # -- resuming -----------------------------------------------------------------------------------
