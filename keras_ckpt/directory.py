@@ -164,9 +164,23 @@ def _owned_files(prefix: str, names: list[str]) -> list[str]:
     return [f"{prefix}.index", *data, f"{prefix}.json"]
 
 
+# Exactly the names `commit` and `_fs.write_atomic` give their temporaries (12 hex digits),
+# so that a user's `.tmp-scratch/` or `checkpoint.tmp-backup` is never taken for one.
+_TMP_DIR_RE = re.compile(r"^\.tmp-ckpt-\d+-[0-9a-f]{12}$")
+_TMP_FILE_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{12}$")
+
+
+def _is_temp_dir(name: str) -> bool:
+    """`.tmp-ckpt-N-<token>`: the folder of a save in progress."""
+    return bool(_TMP_DIR_RE.match(name))
+
+
 def _is_temp_file(name: str) -> bool:
     """`checkpoint.tmp-*`, `ckpt-N.json.tmp-*`, `model.json.tmp-*`: our atomic-write temps."""
-    base = name.split(".tmp-")[0]
+    match = _TMP_FILE_RE.match(name)
+    if not match:
+        return False
+    base = match.group(1)
     return base in (STATE, "model.json", "history.jsonl", LOCK) or bool(_RECORD_RE.match(base))
 
 
@@ -301,10 +315,10 @@ class CheckpointDirectory:
         removed = []
         for name in _fs.list_dir(self.path):
             full = _fs.join(self.path, name)
-            if name.startswith(TMP_PREFIX) and _fs.isdir(full):
+            if _is_temp_dir(name) and _fs.isdir(full):
                 _fs.rmtree(full)
                 removed.append(name)
-            elif ".tmp-" in name and _is_temp_file(name):
+            elif _is_temp_file(name):
                 _fs.remove(full)
                 removed.append(name)
         names = _fs.list_dir(self.path)
