@@ -348,6 +348,7 @@ class CheckpointDirectory:
         """
         name = prefix_name(info.step)
         tmpdir = _fs.join(self.path, f"{TMP_PREFIX}{name}-{_fs.temp_name('x')[-12:]}")
+        moved: list[str] = []  # renamed into the directory so far
         _fs.makedirs(tmpdir)
         try:
             write(_fs.join(tmpdir, name))
@@ -363,14 +364,29 @@ class CheckpointDirectory:
             record_extra["files"] = files
             text = to_json(info, record_extra)
             _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())
-            _fs.rename(_fs.join(tmpdir, f"{name}.json"), _fs.join(self.path, f"{name}.json"), True)
             data = sorted(f for f in files if f != f"{name}.index")
-            for fname in [*data, f"{name}.index"]:
+            for fname in [f"{name}.json", *data, f"{name}.index"]:
                 _fs.rename(_fs.join(tmpdir, fname), _fs.join(self.path, fname), overwrite=True)
+                moved.append(fname)
             _fs.fsync_dir(self.path)
+        except BaseException:
+            self._discard(reversed(moved))  # index first, record last, as in `delete`
+            raise
         finally:
             _fs.rmtree(tmpdir)
         return json.loads(text)
+
+    def discard(self, info: CheckpointInfo) -> None:
+        """Removes a just-committed checkpoint that the state file never named (a failed save)."""
+        self._discard(_owned_files(info.name, _fs.list_dir(self.path)))
+
+    def _discard(self, names: Any) -> None:
+        """Best-effort removal on an error path: the error being raised is the one to report."""
+        for fname in names:
+            try:
+                _fs.remove(_fs.join(self.path, fname))
+            except Exception as exc:  # the next writer's cleanup removes what is left
+                logger.warning("Could not remove %s: %s", _fs.join(self.path, fname), exc)
 
     def write_state(self, kept: list[CheckpointInfo], start: float) -> None:
         """Atomically replaces `checkpoint` so that it names exactly `kept` (relative paths)."""

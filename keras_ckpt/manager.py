@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -45,6 +46,12 @@ def _is_chief(model: object) -> bool:
         return True
     cluster = resolver.cluster_spec().as_dict()
     return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
+
+
+def _describe(exc: BaseException) -> str:
+    """The first line of an error, without TensorFlow's `{{function_node ...}}` noise."""
+    text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 class CheckpointManager:
@@ -241,20 +248,31 @@ class CheckpointManager:
         snapshot = take_snapshot(
             self.model, save_optimizer=self.save_optimizer, copy=self.async_save
         )
-        extra = self._record_extra()
+        try:
+            extra = self._record_extra()
+        except Exception as exc:
+            raise self._save_failed(info, exc) from exc
         self._kept = kept
         start = self._start
 
         def job() -> None:
             try:
                 self._dir.commit(info, snapshot.write, extra)
-            except BaseException as exc:
+                try:
+                    self._dir.write_state(kept, start)
+                except BaseException:
+                    self._dir.discard(info)  # never named by the state file: not saved
+                    raise
+            except Exception as exc:
+                raise self._save_failed(info, exc) from exc
+            try:
+                self._dir.delete(doomed)
+            except Exception as exc:
                 raise CheckpointError(
-                    f"Saving {info.path} failed: {exc}. Earlier checkpoints in "
-                    f"{self.directory} are intact; free space or fix the path, then save again."
+                    f"Saved {info.path}, but deleting older checkpoints failed: "
+                    f"{_describe(exc)}. They are no longer in the state file; the next save "
+                    "deletes them."
                 ) from exc
-            self._dir.write_state(kept, start)
-            self._dir.delete(doomed)
             if self.verbose:
                 for gone in doomed:
                     say(f"keras_ckpt: deleted {gone.path}")
@@ -273,6 +291,13 @@ class CheckpointManager:
             say(f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else ""))
         return info
 
+    def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
+        return CheckpointError(
+            f"Saving {info.path} failed: {_describe(exc)}. Earlier checkpoints in "
+            f"{self.directory} are intact and nothing of this save remains; free space or "
+            "fix the path, then save again."
+        )
+
     def _record_extra(self) -> dict[str, Any]:
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
@@ -282,13 +307,15 @@ class CheckpointManager:
             "step_offset": self._offset or 0,
         }
         if not self._model_json_written:
-            self._model_json_written = True
+            text = None
             to_json = getattr(self.model, "to_json", None)
             try:
-                if to_json is not None:
-                    self._dir.write_model_json(to_json())
+                text = to_json() if to_json is not None else None
             except Exception as exc:  # subclassed models without get_config
                 logger.info("model.json not written for %s: %s", self.directory, exc)
+            if text is not None:
+                self._dir.write_model_json(text)  # a write error fails this save
+            self._model_json_written = True
         return extra
 
     def _write_elsewhere(self) -> None:
@@ -304,9 +331,15 @@ class CheckpointManager:
         """Appends one line of epoch logs to `history.jsonl` (chief only)."""
         if not self.is_chief:
             return
+        self._raise_background_error()  # a failed background save is news at every epoch end
         record = {"epoch": int(epoch), "step": self._newest_step, "time": time.time()}
         record.update(clean_metrics(logs))
-        self._dir.append_history(record)
+        try:
+            self._dir.append_history(record)
+        except Exception as exc:
+            self.wait()  # a background save failing for the same reason (a full disk) says more
+            path = _fs.join(self.directory, "history.jsonl")
+            raise CheckpointError(f"Writing {path} failed: {_describe(exc)}.") from exc
 
     # -- lifecycle ------------------------------------------------------------------------------
 

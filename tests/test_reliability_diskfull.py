@@ -1,0 +1,294 @@
+"""Disk full or a failing write during a save: a clear error, nothing lost, nothing left over.
+
+Two ways to make writes fail:
+
+- a fault-injecting file layer (always runs): one failure with ENOSPC, at each file
+  operation a save performs in turn (creating the temporary folder, TensorFlow's write,
+  each fsync, each file written, each rename, the state file), found by running the save
+  once per operation until a save runs to the end without reaching the fault;
+- a real, small tmpfs that a test fills up during `fit` (needs `mount`, i.e. root or
+  CAP_SYS_ADMIN; skipped where it is not allowed).
+
+After each failure: the error is a `CheckpointError` that says "No space left on device"
+(with `async_save=True`, raised on the training thread at the next save point or at the end
+of training), the earlier checkpoints are byte for byte intact and still named by the state
+file, no file of the failed save remains, and the next save works.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import keras
+import pytest
+import tensorflow as tf
+from conftest import tiny_data, tiny_model, weights_equal
+
+from keras_ckpt import (
+    CheckpointError,
+    CheckpointManager,
+    KeepLast,
+    RotatingCheckpoint,
+    _fs,
+    list_checkpoints,
+    restore,
+    writer,
+)
+
+SIDECARS = {"checkpoint", ".lock", "model.json", "history.jsonl"}
+NO_SPACE = "No space left on device"
+
+
+def _name(path: str) -> str:
+    """A file's name, its random temporary token replaced by `*`."""
+    return re.sub(r"[0-9a-f]{12}$", "*", os.path.basename(path))
+
+
+class FullDisk:
+    """A fault-injecting layer over keras_ckpt's file operations (and TensorFlow's write).
+
+    Once armed, the `fail_at`-th operation fails with ENOSPC, as a full disk fails it: a
+    file write leaves half the bytes behind, TensorFlow's write leaves its partial files.
+    Everything else runs for real.
+    """
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.armed = False
+        self.fail_at: int | None = None
+        self.calls: list[str] = []
+        self.failed: str | None = None
+        real_gfile = _fs.gfile
+        layer = self
+
+        class Gfile:  # every rename of _fs goes through _fs.gfile
+            def __getattr__(self, name):
+                return getattr(real_gfile, name)
+
+            def rename(self, src, dst, overwrite=False):
+                layer._op(f"rename {_name(dst)}")
+                return real_gfile.rename(src, dst, overwrite=overwrite)
+
+        def wrap(owner, name, describe, partial=None):
+            real = getattr(owner, name)
+
+            def op(*args, **kwargs):
+                if self._op(describe(*args)) and partial is not None:
+                    partial(real, *args)
+                    raise self._error(describe(*args))
+                return real(*args, **kwargs)
+
+            monkeypatch.setattr(owner, name, op)
+
+        def half_file(real, path, data):
+            real(path, data[: len(data) // 2])
+
+        def partial_tf_write(real, snapshot, prefix):
+            real(snapshot, prefix)
+            for name in os.listdir(os.path.dirname(prefix)):
+                full = os.path.join(os.path.dirname(prefix), name)
+                if name.endswith(".index") and os.path.isfile(full):
+                    os.truncate(full, os.path.getsize(full) // 2)
+
+        monkeypatch.setattr(_fs, "gfile", Gfile())
+        wrap(_fs, "makedirs", lambda d: f"makedirs {_name(d)}")
+        wrap(writer.Snapshot, "write", lambda s, p: "tf write", partial_tf_write)
+        wrap(_fs, "fsync_file", lambda p: f"fsync {_name(p)}")
+        wrap(_fs, "write_bytes", lambda p, d: f"write {_name(p)}", half_file)
+
+    def _error(self, what: str) -> OSError:
+        return OSError(errno.ENOSPC, f"{NO_SPACE} ({what})")
+
+    def _op(self, what: str) -> bool:
+        """Counts one operation; raises (or returns True: fail after a partial write)."""
+        if not self.armed:
+            return False
+        self.calls.append(what)
+        if len(self.calls) != self.fail_at:
+            return False
+        self.failed, self.fail_at = what, None  # fails once
+        if what.startswith(("write ", "tf write")):
+            return True
+        raise self._error(what)
+
+    def arm(self, fail_at: int | None) -> None:
+        """Counts operations from now on; the `fail_at`-th fails (None: none, just count)."""
+        self.armed, self.fail_at, self.calls, self.failed = True, fail_at, [], None
+
+    def disarm(self) -> None:
+        self.armed, self.fail_at = False, None
+
+
+def _digest(directory: Path, steps) -> dict[str, str]:
+    names = [n for n in os.listdir(directory) if n.split(".")[0] in {f"ckpt-{s}" for s in steps}]
+    return {n: hashlib.sha256((directory / n).read_bytes()).hexdigest() for n in names}
+
+
+def _assert_only(directory: Path, steps) -> None:
+    """The directory holds the checkpoints `steps`, complete, its sidecars and nothing else."""
+    names = set(os.listdir(directory))
+    ours = {n for n in names if n.split(".")[0] in {f"ckpt-{s}" for s in steps}}
+    assert names - ours <= SIDECARS, f"left over: {sorted(names - ours - SIDECARS)}"
+    assert [i.step for i in list_checkpoints(directory)] == list(steps)
+    if steps:
+        assert tf.train.latest_checkpoint(str(directory)) == str(directory / f"ckpt-{steps[-1]}")
+
+
+def _open(directory: Path, model, async_save: bool, earlier) -> CheckpointManager:
+    mgr = CheckpointManager(directory, model, keep=[KeepLast(2)], async_save=async_save)
+    for step in earlier:
+        mgr.save(step=step)
+    mgr.wait()
+    return mgr
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("earlier", [(), (1, 2)], ids=["first-save", "rotating-save"])
+def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_nothing(
+    tmp_path, monkeypatch, async_save, earlier
+):
+    disk = FullDisk(monkeypatch)
+    model = tiny_model()
+    model.fit(*tiny_data(), batch_size=8, epochs=1, verbose=0)
+
+    # One save without a fault, counting the operations a save performs.
+    with _open(tmp_path / "count", model, async_save, earlier) as mgr:
+        disk.arm(None)
+        mgr.save(step=3)
+        mgr.wait()
+        disk.disarm()
+    points = list(disk.calls)
+    kinds = {p.split()[0] for p in points}
+    assert {"makedirs", "tf", "fsync", "write", "rename"} <= kinds, points
+    assert sum(p.startswith("rename ckpt-3") for p in points) == 3, points  # record, data, index
+    assert "rename checkpoint" in points, points  # the state file, last
+    assert ("write model.json" in " ".join(points)) == (not earlier), points
+
+    for k, point in enumerate(points, start=1):
+        directory = tmp_path / f"fault-{k}"
+        mgr = _open(directory, model, async_save, earlier)
+        before = _digest(directory, earlier)
+        disk.arm(k)
+        if async_save and "model.json" not in point:  # model.json: on the training thread
+            assert mgr.save(step=3) is not None  # submitted; it fails in the background
+            with pytest.raises(CheckpointError) as caught:
+                mgr.save(step=4)  # ... and the error surfaces at the next save point
+        else:
+            with pytest.raises(CheckpointError) as caught:
+                mgr.save(step=3)
+        disk.disarm()
+        assert disk.failed == point
+        assert "ckpt-3" in str(caught.value) and NO_SPACE in str(caught.value), point
+        assert "{{" not in str(caught.value)  # no TensorFlow op noise
+        assert [i.step for i in mgr.checkpoints] == list(earlier), point
+        _assert_only(directory, earlier)
+        assert _digest(directory, earlier) == before, f"earlier files changed ({point})"
+
+        info = mgr.save(step=5)  # the next save works (and rotates)
+        mgr.close()
+        assert info is not None and info.step == 5
+        _assert_only(directory, [*earlier, 5][-2:])
+        assert (directory / "model.json").exists(), f"model.json lost ({point})"
+        fresh = tiny_model(seed=4)
+        restore(fresh, directory)
+        assert weights_equal(fresh, model)
+        shutil.rmtree(directory)
+
+
+# -- a real full disk -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs; skipped where mounting is not allowed."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
+            capture_output=True,
+            timeout=20,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=20)
+
+
+def _fill(mount: Path) -> Path:
+    """Fills the file system up to the last byte; returns the filler file."""
+    filler = mount / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 16, 1 << 12, 1 << 8, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    return filler
+
+
+class FillAt(keras.callbacks.Callback):
+    """Before the checkpoint callback: fills the disk before the save of batch `at`."""
+
+    def __init__(self, mount: Path, ckpt: RotatingCheckpoint, at: int) -> None:
+        super().__init__()
+        self.mount, self.ckpt, self.at = mount, ckpt, at
+        self.filler: Path | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at:
+            self.ckpt.manager.wait()  # the write in flight (async) completes first
+            self.filler = _fill(self.mount)
+
+
+class CountBatches(keras.callbacks.Callback):
+    """After the checkpoint callback: the batches whose save point passed without error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.done = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.done += 1
+
+
+@pytest.mark.parametrize(
+    "async_save, fill_at, raised_after",
+    [(False, 4, 4), (True, 4, 5), (True, 7, 8)],
+    ids=["sync", "async-next-save-point", "async-end-of-training"],
+)
+def test_full_disk_during_fit_raises_clearly_and_keeps_earlier_checkpoints(
+    small_disk, async_save, fill_at, raised_after
+):
+    x, y = tiny_data()  # 32 samples: 8 batches of 4
+    model = tiny_model(width=256)
+    run = small_disk / "run"
+    ckpt = RotatingCheckpoint(run, max_to_keep=2, save_freq=1, async_save=async_save)
+    fill, count = FillAt(small_disk, ckpt, fill_at), CountBatches()
+
+    with pytest.raises(CheckpointError, match=NO_SPACE) as caught:
+        model.fit(x, y, batch_size=4, epochs=1, callbacks=[fill, ckpt, count], verbose=0)
+
+    # sync: at the failing save; async: at the next save point, or at the end of training
+    assert count.done == raised_after, str(caught.value)
+    assert f"ckpt-{fill_at + 1}" in str(caught.value)
+    _assert_only(run, [fill_at - 1, fill_at])
+    fresh = tiny_model(width=256, seed=3)
+    assert restore(fresh, run).step == fill_at
+
+    fill.filler.unlink()  # space again: the same callback goes on saving
+    ckpt.close()
+    model.fit(x, y, batch_size=4, epochs=1, callbacks=[ckpt], verbose=0)
+    steps = [i.step for i in list_checkpoints(run)]
+    assert len(steps) == 2 and steps[-1] == int(model.optimizer.iterations.numpy())
+    _assert_only(run, steps)
