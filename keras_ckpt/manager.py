@@ -48,6 +48,16 @@ def _is_chief(model: object) -> bool:
     return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
 
 
+def _weights_finite(model: Any) -> bool:
+    """True if every floating-point weight of `model` is finite (one fused reduction)."""
+    checks = [
+        tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w)))
+        for w in getattr(model, "weights", [])
+        if tf.as_dtype(w.dtype).is_floating
+    ]
+    return bool(tf.reduce_all(checks)) if checks else True
+
+
 def _describe(exc: BaseException) -> str:
     """The first line of an error, without TensorFlow's `{{function_node ...}}` noise."""
     text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()
@@ -101,6 +111,7 @@ class CheckpointManager:
         self._offset: int | None = None
         self._counter = 0
         self._model_json_written = False
+        self._warned_diverged = False
         self.is_chief = _is_chief(model)
         self._kept: list[CheckpointInfo] = []
         self._newest_step = -1
@@ -237,6 +248,8 @@ class CheckpointManager:
         protected = self._policy.protected(kept, self._start)
         if info.step not in protected:
             return None
+        if self._diverged(info):
+            return None
         doomed = [i for i in kept if i.step not in protected]
         kept = [i for i in kept if i.step in protected]
         self._newest_step = info.step
@@ -290,6 +303,28 @@ class CheckpointManager:
             mode = " (async)" if self.async_save else ""
             say(f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else ""))
         return info
+
+    def _diverged(self, info: CheckpointInfo) -> bool:
+        """True (and a warning) if a `KeepBest` manager is about to save non-finite weights.
+
+        A diverged model can score a finite, even better metric (a NaN classifier predicts
+        one class for everything), so the metric alone cannot keep it out; nor should it
+        take a `KeepLast` slot next to a `KeepBest` policy. Checked only when a save is due.
+        """
+        if not any(isinstance(p, KeepBest) for p in self._policies):
+            return False
+        if _weights_finite(self.model):
+            return False
+        message = (
+            f"Not saving {info.path}: the model's weights are not finite (NaN or inf; "
+            "training diverged). A diverged model never replaces a kept checkpoint."
+        )
+        if not self._warned_diverged:
+            self._warned_diverged = True
+            warnings.warn(message, stacklevel=4)
+        else:
+            logger.warning(message)
+        return True
 
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
         return CheckpointError(
