@@ -82,8 +82,17 @@ def list_dir(directory: str) -> list[str]:
     return sorted(set(names))
 
 
-def makedirs(directory: str) -> None:
+def makedirs(directory: str, durable: bool = False) -> None:
+    """Creates `directory` and missing parents; `durable`: fsyncs each new entry's parent."""
+    missing = []
+    if durable and is_local(directory):
+        path = os.path.abspath(directory)
+        while not os.path.isdir(path) and os.path.dirname(path) != path:
+            missing.append(path)
+            path = os.path.dirname(path)
     gfile.makedirs(directory)
+    for path in reversed(missing):
+        fsync_dir(os.path.dirname(path))
 
 
 def size(path: str) -> int:

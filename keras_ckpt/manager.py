@@ -117,7 +117,7 @@ class CheckpointManager:
         self._newest_step = -1
         self._start = time.time()
         if self.is_chief:
-            _fs.makedirs(self.directory)
+            _fs.makedirs(self.directory, durable=True)
             self._lock.acquire()
             self._reload(cleanup=True)
 
