@@ -59,7 +59,7 @@ class FullDisk:
     """
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.armed = False
+        self.armed = self.persistent = False
         self.fail_at: int | None = None
         self.calls: list[str] = []
         self.failed: str | None = None
@@ -100,6 +100,7 @@ class FullDisk:
         wrap(writer.Snapshot, "write", lambda s, p: "tf write", partial_tf_write)
         wrap(_fs, "fsync_file", lambda p: f"fsync {_name(p)}")
         wrap(_fs, "write_bytes", lambda p, d: f"write {_name(p)}", half_file)
+        wrap(_fs, "append_text", lambda p, t: f"append {_name(p)}")
 
     def _error(self, what: str) -> OSError:
         return OSError(errno.ENOSPC, f"{NO_SPACE} ({what})")
@@ -111,14 +112,22 @@ class FullDisk:
         self.calls.append(what)
         if len(self.calls) != self.fail_at:
             return False
-        self.failed, self.fail_at = what, None  # fails once
+        self.failed = self.failed or what
+        if not self.persistent:
+            self.fail_at = None  # fails once
+        else:
+            self.fail_at += 1  # a full disk: every later write fails too
         if what.startswith(("write ", "tf write")):
             return True
         raise self._error(what)
 
-    def arm(self, fail_at: int | None) -> None:
-        """Counts operations from now on; the `fail_at`-th fails (None: none, just count)."""
+    def arm(self, fail_at: int | None, persistent: bool = False) -> None:
+        """Counts operations from now on; the `fail_at`-th fails (None: none, just count).
+
+        `persistent`: that one and every later operation fail, as on a full disk.
+        """
         self.armed, self.fail_at, self.calls, self.failed = True, fail_at, [], None
+        self.persistent = persistent
 
     def disarm(self) -> None:
         self.armed, self.fail_at = False, None
@@ -200,55 +209,81 @@ def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_noth
         shutil.rmtree(directory)
 
 
-# -- a real full disk -------------------------------------------------------------------------
+# -- a disk that fills up during fit ----------------------------------------------------------
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 2 MB tmpfs; skipped where mounting is not allowed."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
+class Tmpfs:
+    """A real 2 MB tmpfs, filled up by a file; skipped where mounting is not allowed."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.root = tmp_path / "disk"
+        self.root.mkdir()
+        try:
+            done = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(self.root)],
+                capture_output=True,
+                timeout=20,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            pytest.skip(f"cannot mount a tmpfs here: {exc}")
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode(errors='replace').strip()}")
+
+    def fill(self) -> None:
+        """Fills the file system up to the last byte."""
+        with open(self.root / "filler", "wb", buffering=0) as f:
+            for chunk in (1 << 16, 1 << 12, 1 << 8, 1):
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError as exc:
+                    assert exc.errno == errno.ENOSPC
+        assert shutil.disk_usage(self.root).free < 4096
+
+    def free(self) -> None:
+        (self.root / "filler").unlink()
+
+    def close(self) -> None:
+        subprocess.run(["umount", "-l", str(self.root)], capture_output=True, timeout=20)
+
+
+class InjectedFull:
+    """The fault-injecting layer, failing every write from `fill()` to `free()`."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.root = tmp_path
+        self.layer = FullDisk(monkeypatch)
+
+    def fill(self) -> None:
+        self.layer.arm(1, persistent=True)
+
+    def free(self) -> None:
+        self.layer.disarm()
+
+    def close(self) -> None:
+        self.layer.disarm()
+
+
+@pytest.fixture(params=["tmpfs", "injected"])
+def disk(request, tmp_path, monkeypatch):
+    disk = Tmpfs(tmp_path) if request.param == "tmpfs" else InjectedFull(tmp_path, monkeypatch)
     try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)],
-            capture_output=True,
-            timeout=20,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        pytest.skip(f"cannot mount a tmpfs here: {exc}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
+        yield disk
     finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=20)
-
-
-def _fill(mount: Path) -> Path:
-    """Fills the file system up to the last byte; returns the filler file."""
-    filler = mount / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for chunk in (1 << 16, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    f.write(b"\0" * chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return filler
+        disk.close()
 
 
 class FillAt(keras.callbacks.Callback):
     """Before the checkpoint callback: fills the disk before the save of batch `at`."""
 
-    def __init__(self, mount: Path, ckpt: RotatingCheckpoint, at: int) -> None:
+    def __init__(self, disk, ckpt: RotatingCheckpoint, at: int) -> None:
         super().__init__()
-        self.mount, self.ckpt, self.at = mount, ckpt, at
-        self.filler: Path | None = None
+        self.disk, self.ckpt, self.at = disk, ckpt, at
 
     def on_train_batch_end(self, batch, logs=None):
         if batch == self.at:
             self.ckpt.manager.wait()  # the write in flight (async) completes first
-            self.filler = _fill(self.mount)
+            self.disk.fill()
 
 
 class CountBatches(keras.callbacks.Callback):
@@ -267,27 +302,34 @@ class CountBatches(keras.callbacks.Callback):
     [(False, 4, 4), (True, 4, 5), (True, 7, 8)],
     ids=["sync", "async-next-save-point", "async-end-of-training"],
 )
-def test_full_disk_during_fit_raises_clearly_and_keeps_earlier_checkpoints(
-    small_disk, async_save, fill_at, raised_after
+def test_disk_full_during_fit_raises_clearly_and_keeps_earlier_checkpoints(
+    disk, async_save, fill_at, raised_after
 ):
     x, y = tiny_data()  # 32 samples: 8 batches of 4
     model = tiny_model(width=256)
-    run = small_disk / "run"
+    run = disk.root / "run"
     ckpt = RotatingCheckpoint(run, max_to_keep=2, save_freq=1, async_save=async_save)
-    fill, count = FillAt(small_disk, ckpt, fill_at), CountBatches()
+    count = CountBatches()
 
     with pytest.raises(CheckpointError, match=NO_SPACE) as caught:
-        model.fit(x, y, batch_size=4, epochs=1, callbacks=[fill, ckpt, count], verbose=0)
+        model.fit(
+            x,
+            y,
+            batch_size=4,
+            epochs=1,
+            callbacks=[FillAt(disk, ckpt, fill_at), ckpt, count],
+            verbose=0,
+        )
 
     # sync: at the failing save; async: at the next save point, or at the end of training
     assert count.done == raised_after, str(caught.value)
     assert f"ckpt-{fill_at + 1}" in str(caught.value)
+    disk.free()
     _assert_only(run, [fill_at - 1, fill_at])
     fresh = tiny_model(width=256, seed=3)
     assert restore(fresh, run).step == fill_at
 
-    fill.filler.unlink()  # space again: the same callback goes on saving
-    ckpt.close()
+    ckpt.close()  # space again: the same callback goes on saving
     model.fit(x, y, batch_size=4, epochs=1, callbacks=[ckpt], verbose=0)
     steps = [i.step for i in list_checkpoints(run)]
     assert len(steps) == 2 and steps[-1] == int(model.optimizer.iterations.numpy())
