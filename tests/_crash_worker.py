@@ -14,6 +14,7 @@ commands from stdin, one per line, and answers on stdout:
     leftovers). The JSON: ``names`` (every entry of DIR then), ``kept`` (the callback's kept
     steps), ``tf_latest`` (what ``tf.train.latest_checkpoint`` said), ``resumed`` (the step
     restored from, or null).
+  - ``saving``: a batch ended; the checkpoint callback's save point starts now.
   - ``committed N``: after a batch, step N, saved by this worker, is committed (named by the
     state file): with ``sync`` the save just returned; with ``async`` the previous write, which
     every save waits for. Step N, or a newer one, must survive any later kill.
@@ -62,6 +63,13 @@ def build_model(small: bool = False) -> keras.Model:
     )
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="mse")
     return model
+
+
+class Announce(keras.callbacks.Callback):
+    """Placed before the checkpoint callback: a save point begins."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        print("saving", flush=True)
 
 
 class Progress(keras.callbacks.Callback):
@@ -160,7 +168,7 @@ def train(directory: str, mode: str, clean: bool, small: bool, crash_at: str | N
         epochs=initial_epoch + (1 if clean else 10_000),
         initial_epoch=initial_epoch,
         shuffle=False,
-        callbacks=[ckpt, Progress(ckpt, resumed)]
+        callbacks=[Announce(), ckpt, Progress(ckpt, resumed)]
         + ([ArmAt(2, _arm(crash_at))] if crash_at else []),
         verbose=0,
     )
