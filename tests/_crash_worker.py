@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_ckpt import RotatingCheckpoint, _fs, latest_checkpoint, restore, writer  # noqa: E402
+from keras_ckpt import RotatingCheckpoint, _fs, resume, writer  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
 WIDTH_IN, WIDTH_HIDDEN = 1152, 4096  # 2 x 1152 x 4096 + biases = 9.44 M parameters
@@ -153,11 +153,8 @@ class ArmAt(keras.callbacks.Callback):
 
 def train(directory: str, mode: str, clean: bool, small: bool, crash_at: str | None) -> None:
     model = build_model(small)
-    resumed, initial_epoch = None, 0
-    latest = latest_checkpoint(directory)
-    if latest is not None:
-        info = restore(model, latest)
-        resumed, initial_epoch = info.step, info.epoch or 0
+    initial_epoch = resume(model, directory)  # 0 and nothing restored on a fresh directory
+    resumed = int(model.optimizer.iterations.numpy()) or None
     rng = np.random.default_rng(initial_epoch)
     x = rng.random((BATCH * BATCHES_PER_EPOCH, WIDTH_IN), dtype=np.float32)
     ckpt = RotatingCheckpoint(directory, max_to_keep=2, save_freq=1, async_save=mode == "async")

@@ -334,3 +334,34 @@ def test_disk_full_during_fit_raises_clearly_and_keeps_earlier_checkpoints(
     steps = [i.step for i in list_checkpoints(run)]
     assert len(steps) == 2 and steps[-1] == int(model.optimizer.iterations.numpy())
     _assert_only(run, steps)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Stops `fit` with an unrelated error at batch `at` (Keras then skips on_train_end)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == self.at:
+            raise RuntimeError("the data pipeline broke")
+
+
+def test_a_failed_background_save_is_raised_by_close_when_fit_stopped_for_another_reason(
+    tmp_path, monkeypatch
+):
+    disk = InjectedFull(tmp_path, monkeypatch)
+    x, y = tiny_data()
+    model = tiny_model()
+    ckpt = RotatingCheckpoint(tmp_path / "run", max_to_keep=2, save_freq=1, async_save=True)
+    callbacks = [FillAt(disk, ckpt, 5), ckpt, Interrupt(at=5)]
+
+    with pytest.raises(RuntimeError, match="pipeline"):
+        model.fit(x, y, batch_size=4, epochs=1, callbacks=callbacks, verbose=0)
+    with pytest.raises(CheckpointError, match=NO_SPACE) as caught:
+        ckpt.close()  # the failed save of step 6 is not swallowed
+
+    assert "ckpt-6" in str(caught.value)
+    disk.free()
+    _assert_only(tmp_path / "run", [4, 5])
