@@ -173,7 +173,7 @@ def _is_temp_file(name: str) -> bool:
 # -- the lock -----------------------------------------------------------------------------------
 
 _HOLDERS: dict[str, weakref.ref] = {}
-_HOLDERS_GUARD = threading.Lock()
+_HOLDERS_GUARD = threading.RLock()  # release() re-enters from acquire()
 
 
 def _lock_key(directory: str) -> str:

@@ -252,6 +252,8 @@ class CheckpointManager:
                     f"{self.directory} are intact; free space or fix the path, then save again."
                 ) from exc
             self._dir.write_state(kept, start)
+            if self.verbose:
+                say(self._saved_line(info))
             self._dir.delete(doomed)
             if self.verbose:
                 for gone in doomed:
@@ -265,11 +267,12 @@ class CheckpointManager:
             except BaseException:
                 self._reload()
                 raise
-        if self.verbose:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
-            mode = " (async)" if self.async_save else ""
-            say(f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else ""))
         return info
+
+    def _saved_line(self, info: CheckpointInfo) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
+        mode = " (in the background)" if self.async_save else ""
+        return f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else "")
 
     def _record_extra(self) -> dict[str, Any]:
         optimizer = getattr(self.model, "optimizer", None)
