@@ -159,6 +159,7 @@ def test_tensorflow_reads_what_we_write(tmp_path):
     assert names["model/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE"] == []
     assert [4, 8] in names.values() and [8, 1] in names.values()
     fresh = tiny_model(seed=9)
+    fresh.optimizer.build(fresh.trainable_variables)
     status = tf.train.Checkpoint(model=fresh).read(prefix)
     status.assert_existing_objects_matched()
     assert weights_equal(fresh, model)
