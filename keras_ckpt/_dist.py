@@ -11,6 +11,7 @@ fail or hang.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,17 @@ def multi_worker_strategy(model: Any) -> tf.distribute.Strategy | None:
     if callable(in_multi_worker_mode) and in_multi_worker_mode():
         return strategy
     return None
+
+
+def strategy_scope(model: Any) -> contextlib.AbstractContextManager:
+    """The scope of the strategy `model` was built under, to create variables beside its own.
+
+    A no-op inside any strategy scope already, or for models built without a strategy.
+    """
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is None or tf.distribute.has_strategy():
+        return contextlib.nullcontext()
+    return strategy.scope()
 
 
 def is_chief(strategy: tf.distribute.Strategy | None) -> bool:
