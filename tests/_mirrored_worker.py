@@ -55,11 +55,17 @@ def main(workdir: str) -> None:
         [v.numpy() for v in again.optimizer.variables],
     )
 
+    # the restarted job goes on where the checkpoint left off, into the same directory
+    resumed = RotatingCheckpoint(os.path.join(workdir, "run"), max_to_keep=2)
+    again.fit(x, y, batch_size=16, epochs=4, initial_epoch=3, callbacks=[resumed], verbose=0)
+    _save(os.path.join(workdir, "weights-resumed.npz"), again.get_weights())
+
     result = {
         "replicas": strategy.num_replicas_in_sync,
         "variable_type": type(model.get_layer("head").kernel.value).__name__,
         "step": int(model.optimizer.iterations.numpy()),
         "last": [i.step for i in last.checkpoints],
+        "resumed": [i.step for i in resumed.checkpoints],
         "best": best.best_checkpoint,
         "best_value": best.best_value,
     }

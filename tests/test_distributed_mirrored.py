@@ -7,6 +7,8 @@ plain models.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -46,37 +48,37 @@ def mirrored(tmp_path_factory):
 def test_mirrored_fit_checkpoints_restore_into_a_plain_model(mirrored):
     work, result = mirrored
     assert result["replicas"] == 2 and result["variable_type"] == "MirroredVariable"
-    run = work / "run"
-    ckpt = {f"ckpt-{s}{e}" for s in (8, 12) for e in (".index", ".data-00000-of-00001", ".json")}
-    assert {p.name for p in run.iterdir()} == {
-        ".lock",
-        "checkpoint",
-        "model.json",
-        "history.jsonl",
-    } | ckpt
-    assert result["last"] == [i.step for i in list_checkpoints(run)] == [8, 12]
-    assert result["step"] == 12
+    assert result["last"] == [8, 12] and result["step"] == 12
 
     plain = tiny_model(seed=1)  # no strategy here
-    assert restore(plain, str(run)).step == 12
+    assert restore(plain, str(work / "run" / "ckpt-12")).step == 12
     _assert_all_equal(plain.get_weights(), _weights(work / "weights.npz"))
-    _assert_all_equal(
-        [v.numpy() for v in plain.optimizer.variables], _weights(work / "optimizer.npz")
-    )
+    optimizer = [v.numpy() for v in plain.optimizer.variables]
+    _assert_all_equal(optimizer, _weights(work / "optimizer.npz"))
 
     by_tf = tiny_model(seed=2, compile=False)
-    tf.train.Checkpoint(model=by_tf).read(tf.train.latest_checkpoint(str(run))).expect_partial()
+    tf.train.Checkpoint(model=by_tf).read(str(work / "run" / "ckpt-12")).expect_partial()
     _assert_all_equal(by_tf.get_weights(), _weights(work / "weights.npz"))
 
 
-def test_mirrored_checkpoint_restores_into_a_mirrored_model(mirrored):
-    work, _ = mirrored
+def test_mirrored_checkpoint_restores_into_a_mirrored_model_that_trains_on(mirrored):
+    work, result = mirrored
     # a compiled model built under the strategy, optimizer not built yet: `restore` builds
     # its slots under the same strategy and loads them
     _assert_all_equal(_weights(work / "restored-mirrored.npz"), _weights(work / "weights.npz"))
     _assert_all_equal(
         _weights(work / "restored-mirrored-optimizer.npz"), _weights(work / "optimizer.npz")
     )
+    # then fit(initial_epoch=3) went on in the same directory: 4 more steps, rotation
+    run = work / "run"
+    ckpt = {f"ckpt-{s}{e}" for s in (12, 16) for e in (".index", ".data-00000-of-00001", ".json")}
+    names = {".lock", "checkpoint", "model.json", "history.jsonl"}
+    assert {p.name for p in run.iterdir()} == names | ckpt
+    assert result["resumed"] == [i.step for i in list_checkpoints(run)] == [12, 16]
+    assert [json.loads(line)["epoch"] for line in (run / "history.jsonl").open()] == [1, 2, 3, 4]
+    plain = tiny_model(seed=1)
+    assert restore(plain, str(run)).step == 16
+    _assert_all_equal(plain.get_weights(), _weights(work / "weights-resumed.npz"))
 
 
 def test_mirrored_best_checkpoint_holds_the_weights_it_was_scored_with(mirrored):
