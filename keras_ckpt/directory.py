@@ -98,8 +98,8 @@ def scan(directory: str) -> Scan:
     result = Scan()
     names = _fs.list_dir(directory)
     present = set(names)
-    for name in names:
-        match = _RECORD_RE.match(name) or _INDEX_RE.match(name)
+    for name in names:  # a record without index is a leftover: its step was never taken
+        match = _INDEX_RE.match(name)
         if match:
             step = step_of(match.group(1))
             if step is not None:

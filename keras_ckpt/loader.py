@@ -18,7 +18,7 @@ from typing import Any
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
-from keras_ckpt import _fs
+from keras_ckpt import _dist, _fs
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import (
     CheckpointCorruptError,
@@ -372,7 +372,8 @@ def restore(
     opt_problems: list[str] = []
     if optimizer is not None and opt_node is not None:
         if not getattr(optimizer, "built", True):
-            optimizer.build(model.trainable_variables)
+            with _dist.strategy_scope(model):  # a mirrored model's slots are mirrored
+                optimizer.build(model.trainable_variables)
         opt_match = _Match()
         opt_side = _walk(graph, opt_node, optimizer, skip=None, seen=seen)
         _pair(graph, opt_side, reader, {id(v): v for v in optimizer.variables}, opt_match)

@@ -11,9 +11,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import tensorflow as tf
-
-from keras_ckpt import _fs
+from keras_ckpt import _dist, _fs
 from keras_ckpt._io import say
 from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
 from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
@@ -25,26 +23,14 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointManager"]
 
+# a save to make: the new checkpoint, the kept list after it, the checkpoints it replaces
+_Plan = tuple[CheckpointInfo, list[CheckpointInfo], list[CheckpointInfo]]
+
 
 def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     return verbose
-
-
-def _is_chief(model: object) -> bool:
-    """False on the non-chief workers of a multi-worker strategy (they commit nothing)."""
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    extended = getattr(strategy, "extended", None)
-    multi = getattr(extended, "_in_multi_worker_mode", lambda: False)()
-    if resolver is None or not multi:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
-    cluster = resolver.cluster_spec().as_dict()
-    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
 
 
 class CheckpointManager:
@@ -61,6 +47,12 @@ class CheckpointManager:
             writes. At most one write is in flight; its error is raised by the next `save`,
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion.
+
+    Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
+    variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
+    adopts the chief's decision and step, so all workers take part in the same reads; only
+    the chief commits files, the lock, `model.json` and `history.jsonl`; the others write
+    only to a local temporary directory that is removed at once (`is_chief` says which).
 
     Example:
         >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)]) as mgr:
@@ -94,7 +86,8 @@ class CheckpointManager:
         self._offset: int | None = None
         self._counter = 0
         self._model_json_written = False
-        self.is_chief = _is_chief(model)
+        self._strategy = _dist.multi_worker_strategy(model)
+        self.is_chief = _dist.is_chief(self._strategy)
         self._kept: list[CheckpointInfo] = []
         self._newest_step = -1
         self._start = time.time()
@@ -206,32 +199,16 @@ class CheckpointManager:
             step = self._auto_step()
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
-        if step <= self._newest_step:
-            if step != self._newest_step or self.latest is None:
-                logger.warning(
-                    "Not saving step %d: %s holds step %d.",
-                    step,
-                    self.directory,
-                    self._newest_step,
-                )
+        if self._strategy is None:
+            plan = self._plan(step, values, epoch)
+        else:
+            plan = self._follow_chief(step, values, epoch)
+        if plan is None:
             return None
-        info = CheckpointInfo(
-            path=self._dir.prefix(step),
-            step=int(step),
-            epoch=None if epoch is None else int(epoch),
-            metrics=values,
-            saved_at=time.time(),
-        )
-        if not self._policy.wants(info, self._kept, self._start):
-            return None
-        kept = [*self._kept, info]
-        protected = self._policy.protected(kept, self._start)
-        if info.step not in protected:
-            return None
-        doomed = [i for i in kept if i.step not in protected]
-        kept = [i for i in kept if i.step in protected]
+        info, kept, doomed = plan
         self._newest_step = info.step
         if not self.is_chief:
+            self._kept = kept
             self._write_elsewhere()
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
@@ -273,6 +250,55 @@ class CheckpointManager:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
         mode = " (in the background)" if self.async_save else ""
         return f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else "")
+
+    def _plan(self, step: int, values: dict[str, float], epoch: int | None) -> _Plan | None:
+        """The new checkpoint, what stays and what goes; None if no keep policy wants it."""
+        if step <= self._newest_step:
+            if step != self._newest_step or self.latest is None:
+                logger.warning(
+                    "Not saving step %d: %s holds step %d.",
+                    step,
+                    self.directory,
+                    self._newest_step,
+                )
+            return None
+        info = CheckpointInfo(
+            path=self._dir.prefix(step),
+            step=int(step),
+            epoch=None if epoch is None else int(epoch),
+            metrics=values,
+            saved_at=time.time(),
+        )
+        if not self._policy.wants(info, self._kept, self._start):
+            return None
+        kept = [*self._kept, info]
+        protected = self._policy.protected(kept, self._start)
+        if info.step not in protected:
+            return None
+        doomed = [i for i in kept if i.step not in protected]
+        return info, [i for i in kept if i.step in protected], doomed
+
+    def _follow_chief(
+        self, step: int, values: dict[str, float], epoch: int | None
+    ) -> _Plan | None:
+        """Multi-worker: the chief plans, every worker adopts its decision and step.
+
+        The other workers' state (metrics, clock, what they know of the directory) may
+        differ from the chief's, so they do not decide for themselves: if they did, one
+        could join a collective read the chief never starts (see `_dist`). Their `kept`
+        list mirrors the chief's saves in memory; the chief's files are the truth.
+        """
+        plan = self._plan(step, values, epoch) if self.is_chief else None
+        mine = [1, plan[0].step] if plan is not None else [0, 0]
+        wanted, chief_step = _dist.from_chief(self._strategy, mine, self.is_chief)
+        if self.is_chief:
+            return plan
+        if not wanted:
+            return None
+        info = CheckpointInfo(self._dir.prefix(chief_step), chief_step, epoch, values, time.time())
+        kept = [*(i for i in self._kept if i.step < chief_step), info]
+        protected = self._policy.protected(kept, self._start) | {chief_step}
+        return info, [i for i in kept if i.step in protected], []
 
     def _record_extra(self) -> dict[str, Any]:
         optimizer = getattr(self.model, "optimizer", None)

@@ -226,3 +226,18 @@ def test_validation_data_as_dataset(tmp_path):
     model = tiny_model()
     model.fit(x, y, batch_size=8, epochs=1, callbacks=[cb], verbose=0)
     assert cb.best_value is not None and np.isfinite(cb.best_value)
+
+
+def test_an_interrupted_save_does_not_use_up_its_step(tmp_path):
+    model = tiny_model(compile=False)
+    with CheckpointManager(tmp_path / "d", model, keep=KeepLast(5)) as mgr:
+        mgr.save(step=1)
+        mgr.save(step=2)
+    # what a kill between the record and the index rename leaves: the record, some data
+    (tmp_path / "d" / "ckpt-2.index").unlink()
+    with CheckpointManager(tmp_path / "d", model, keep=KeepLast(5)) as mgr:
+        assert [i.step for i in mgr.checkpoints] == [1]
+        assert not (tmp_path / "d" / "ckpt-2.json").exists()  # leftover cleaned up
+        assert not list((tmp_path / "d").glob("ckpt-2.*"))
+        assert mgr.save(step=2).step == 2
+    assert [i.step for i in list_checkpoints(tmp_path / "d")] == [1, 2]
