@@ -18,8 +18,10 @@ gfile = tf.io.gfile
 
 
 def fspath(path: str | os.PathLike[str]) -> str:
-    """Returns `path` as a string without a trailing separator."""
+    """Returns `path` as a string without a trailing separator (`file://` URLs as plain paths)."""
     text = os.fspath(path)
+    if text.startswith("file://"):  # TensorFlow's local file system: same files, and we
+        text = text[len("file://") :] or "/"  # keep fsync and flock for them
     if "://" in text:
         scheme, rest = text.split("://", 1)
         return f"{scheme}://{rest.rstrip('/')}" if rest.strip("/") else text
@@ -28,7 +30,7 @@ def fspath(path: str | os.PathLike[str]) -> str:
 
 def is_local(path: str) -> bool:
     """True for plain paths of the local file system (where fsync and flock work)."""
-    return "://" not in path or path.startswith("file://")
+    return "://" not in path
 
 
 def join(directory: str, *names: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_ckpt import _dist
 from keras_ckpt._reader import CheckpointReader
 from keras_ckpt.errors import CheckpointMismatchError
 
@@ -155,7 +156,8 @@ def restore_into(
     opt_problems: list[str] = []
     if live_optimizer is not None and opt_node is not None:
         if not getattr(live_optimizer, "built", True):
-            live_optimizer.build(model.trainable_variables)
+            with _dist.strategy_scope(model):  # a mirrored model's slots are mirrored
+                live_optimizer.build(model.trainable_variables)
         opt_match = _Match()
         opt_side = _walk(graph, opt_node, live_optimizer, skip=None, seen=seen)
         wanted = {id(v): v for v in live_optimizer.variables}

@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,9 +42,19 @@ from keras_ckpt.policies import (
 __all__ = ["CheckpointCallback", "BestCheckpoint", "RotatingCheckpoint", "TimedCheckpoint"]
 
 
-def _fit_frame_token() -> tuple[int, int, Any]:
-    """Identifies the `fit` call running this callback (thread, frame id, code)."""
-    frame = sys._getframe(2)
+def _fit_frame_token() -> tuple[int, int, Any, Any]:
+    """Identifies the `fit` call running this callback.
+
+    (thread, frame id, code, weak reference to the per-fit `CallbackList`): a frame id can be
+    reused by a later `fit` once the first is gone, the dead CallbackList tells them apart.
+    """
+    caller = sys._getframe(2)
+    owner = caller.f_locals.get("self")
+    try:
+        marker = weakref.ref(owner) if owner is not None else None
+    except TypeError:
+        marker = None
+    frame = caller
     probe = frame
     for _ in range(12):
         if probe is None:
@@ -52,11 +63,13 @@ def _fit_frame_token() -> tuple[int, int, Any]:
             frame = probe
             break
         probe = probe.f_back
-    return threading.get_ident(), id(frame), frame.f_code
+    return threading.get_ident(), id(frame), frame.f_code, marker
 
 
-def _frame_alive(token: tuple[int, int, Any]) -> bool:
-    thread_id, frame_id, code = token
+def _frame_alive(token: tuple[int, int, Any, Any]) -> bool:
+    thread_id, frame_id, code, marker = token
+    if marker is not None and marker() is None:
+        return False
     frame = sys._current_frames().get(thread_id)
     while frame is not None:
         if id(frame) == frame_id and frame.f_code is code:

@@ -98,8 +98,8 @@ def scan(directory: str) -> Scan:
     result = Scan()
     names = _fs.list_dir(directory)
     present = set(names)
-    for name in names:
-        match = _RECORD_RE.match(name) or _INDEX_RE.match(name)
+    for name in names:  # a record without index is a leftover: its step was never taken
+        match = _INDEX_RE.match(name)
         if match:
             step = step_of(match.group(1))
             if step is not None:
@@ -187,7 +187,7 @@ def _is_temp_file(name: str) -> bool:
 # -- the lock -----------------------------------------------------------------------------------
 
 _HOLDERS: dict[str, weakref.ref] = {}
-_HOLDERS_GUARD = threading.Lock()
+_HOLDERS_GUARD = threading.RLock()  # release() re-enters from acquire()
 
 
 def _lock_key(directory: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _fs
+from keras_ckpt import _dist, _fs
 from keras_ckpt._io import say
 from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
 from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
@@ -26,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointManager"]
 
+# a save to make: the new checkpoint, the kept list after it, the checkpoints it replaces
+_Plan = tuple[CheckpointInfo, list[CheckpointInfo], list[CheckpointInfo]]
+
 
 def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
@@ -33,26 +36,15 @@ def _check_verbose(verbose: object) -> int:
     return verbose
 
 
-def _is_chief(model: object) -> bool:
-    """False on the non-chief workers of a multi-worker strategy (they commit nothing)."""
-    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
-    resolver = getattr(strategy, "cluster_resolver", None)
-    extended = getattr(strategy, "extended", None)
-    multi = getattr(extended, "_in_multi_worker_mode", lambda: False)()
-    if resolver is None or not multi:
-        return True
-    task_type, task_id = resolver.task_type, resolver.task_id
-    if task_type in (None, "chief"):
-        return True
-    cluster = resolver.cluster_spec().as_dict()
-    return task_type == "worker" and int(task_id or 0) == 0 and "chief" not in cluster
-
-
 def _weights_finite(model: Any) -> bool:
-    """True if every floating-point weight of `model` is finite (one fused reduction)."""
+    """True if every floating-point trainable weight of `model` is finite (one reduction).
+
+    Under `MultiWorkerMirroredStrategy` reading a variable may be a collective: every worker
+    must call this at the same point (see `_follow_chief`).
+    """
     checks = [
         tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w)))
-        for w in getattr(model, "weights", [])
+        for w in getattr(model, "trainable_weights", [])
         if tf.as_dtype(w.dtype).is_floating
     ]
     return bool(tf.reduce_all(checks)) if checks else True
@@ -78,6 +70,12 @@ class CheckpointManager:
             writes. At most one write is in flight; its error is raised by the next `save`,
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion.
+
+    Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
+    variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
+    adopts the chief's decision and step, so all workers take part in the same reads; only
+    the chief commits files, the lock, `model.json` and `history.jsonl`; the others write
+    only to a local temporary directory that is removed at once (`is_chief` says which).
 
     Example:
         >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)]) as mgr:
@@ -112,7 +110,8 @@ class CheckpointManager:
         self._counter = 0
         self._model_json_written = False
         self._warned_diverged = False
-        self.is_chief = _is_chief(model)
+        self._strategy = _dist.multi_worker_strategy(model)
+        self.is_chief = _dist.is_chief(self._strategy)
         self._kept: list[CheckpointInfo] = []
         self._newest_step = -1
         self._start = time.time()
@@ -226,34 +225,16 @@ class CheckpointManager:
             step = self._auto_step()
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
-        if step <= self._newest_step:
-            if step != self._newest_step or self.latest is None:
-                logger.warning(
-                    "Not saving step %d: %s holds step %d.",
-                    step,
-                    self.directory,
-                    self._newest_step,
-                )
+        if self._strategy is None:
+            plan = self._plan(step, values, epoch)
+        else:
+            plan = self._follow_chief(step, values, epoch)
+        if plan is None:
             return None
-        info = CheckpointInfo(
-            path=self._dir.prefix(step),
-            step=int(step),
-            epoch=None if epoch is None else int(epoch),
-            metrics=values,
-            saved_at=time.time(),
-        )
-        if not self._policy.wants(info, self._kept, self._start):
-            return None
-        kept = [*self._kept, info]
-        protected = self._policy.protected(kept, self._start)
-        if info.step not in protected:
-            return None
-        if self._diverged(info):
-            return None
-        doomed = [i for i in kept if i.step not in protected]
-        kept = [i for i in kept if i.step in protected]
+        info, kept, doomed = plan
         self._newest_step = info.step
         if not self.is_chief:
+            self._kept = kept
             self._write_elsewhere()
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
@@ -278,6 +259,8 @@ class CheckpointManager:
                     raise
             except Exception as exc:
                 raise self._save_failed(info, exc) from exc
+            if self.verbose:
+                say(self._saved_line(info))
             try:
                 self._dir.delete(doomed)
             except Exception as exc:
@@ -298,22 +281,91 @@ class CheckpointManager:
             except BaseException:
                 self._reload()
                 raise
-        if self.verbose:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
-            mode = " (async)" if self.async_save else ""
-            say(f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else ""))
         return info
 
-    def _diverged(self, info: CheckpointInfo) -> bool:
+    def _saved_line(self, info: CheckpointInfo) -> str:
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
+        mode = " (in the background)" if self.async_save else ""
+        return f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else "")
+
+    def _plan(
+        self,
+        step: int,
+        values: dict[str, float],
+        epoch: int | None,
+        finite: bool | None = None,
+    ) -> _Plan | None:
+        """The new checkpoint, what stays and what goes; None if no keep policy wants it.
+
+        `finite`: whether the weights are finite, if already known (else read when needed).
+        """
+        if step <= self._newest_step:
+            if step != self._newest_step or self.latest is None:
+                logger.warning(
+                    "Not saving step %d: %s holds step %d.",
+                    step,
+                    self.directory,
+                    self._newest_step,
+                )
+            return None
+        info = CheckpointInfo(
+            path=self._dir.prefix(step),
+            step=int(step),
+            epoch=None if epoch is None else int(epoch),
+            metrics=values,
+            saved_at=time.time(),
+        )
+        if not self._policy.wants(info, self._kept, self._start):
+            return None
+        kept = [*self._kept, info]
+        protected = self._policy.protected(kept, self._start)
+        if info.step not in protected:
+            return None
+        if self._diverged(info, finite):
+            return None
+        doomed = [i for i in kept if i.step not in protected]
+        return info, [i for i in kept if i.step in protected], doomed
+
+    def _follow_chief(
+        self, step: int, values: dict[str, float], epoch: int | None
+    ) -> _Plan | None:
+        """Multi-worker: the chief plans, every worker adopts its decision and step.
+
+        The other workers' state (metrics, clock, what they know of the directory) may
+        differ from the chief's, so they do not decide for themselves: if they did, one
+        could join a collective read the chief never starts (see `_dist`). Their `kept`
+        list mirrors the chief's saves in memory; the chief's files are the truth.
+        """
+        finite = _weights_finite(self.model) if self._judges_weights() else None  # all read
+        plan = self._plan(step, values, epoch, finite) if self.is_chief else None
+        mine = [1, plan[0].step] if plan is not None else [0, 0]
+        wanted, chief_step = _dist.from_chief(self._strategy, mine, self.is_chief)
+        if self.is_chief:
+            return plan
+        if not wanted:
+            return None
+        info = CheckpointInfo(self._dir.prefix(chief_step), chief_step, epoch, values, time.time())
+        kept = [*(i for i in self._kept if i.step < chief_step), info]
+        protected = self._policy.protected(kept, self._start) | {chief_step}
+        return info, [i for i in kept if i.step in protected], []
+
+    def _judges_weights(self) -> bool:
+        return any(isinstance(p, KeepBest) for p in self._policies)
+
+    def _diverged(self, info: CheckpointInfo, finite: bool | None = None) -> bool:
         """True (and a warning) if a `KeepBest` manager is about to save non-finite weights.
 
         A diverged model can score a finite, even better metric (a NaN classifier predicts
         one class for everything), so the metric alone cannot keep it out; nor should it
-        take a `KeepLast` slot next to a `KeepBest` policy. Checked only when a save is due.
+        take a `KeepLast` slot next to a `KeepBest` policy. Checked only when a save is due,
+        except under `MultiWorkerMirroredStrategy`, where every worker reads the weights at
+        every save point (`finite`), so that the reads stay collective.
         """
-        if not any(isinstance(p, KeepBest) for p in self._policies):
+        if not self._judges_weights():
             return False
-        if _weights_finite(self.model):
+        if finite is None:
+            finite = _weights_finite(self.model)
+        if finite:
             return False
         message = (
             f"Not saving {info.path}: the model's weights are not finite (NaN or inf; "
@@ -321,7 +373,7 @@ class CheckpointManager:
         )
         if not self._warned_diverged:
             self._warned_diverged = True
-            warnings.warn(message, stacklevel=4)
+            warnings.warn(message, stacklevel=5)
         else:
             logger.warning(message)
         return True
