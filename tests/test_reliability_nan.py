@@ -80,8 +80,10 @@ def _fit(model, callback, **fit_args):
     return history, [str(w.message) for w in caught]
 
 
-@pytest.mark.parametrize("monitor", ["val_loss", "val_binary_accuracy"])
-@pytest.mark.parametrize("save_freq", ["epoch", 2])
+@pytest.mark.parametrize(
+    "monitor, save_freq",
+    [("val_loss", "epoch"), ("val_binary_accuracy", "epoch"), ("val_binary_accuracy", 2)],
+)
 def test_best_checkpoint_never_replaces_a_good_model_with_a_diverged_one(
     tmp_path, monitor, save_freq
 ):
