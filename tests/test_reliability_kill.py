@@ -220,7 +220,8 @@ def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path,
             time.sleep(max(0.0, at + delay - time.monotonic()))
             os.kill(pid, signal.SIGKILL)
             code, lines = zygote.reap(pid)
-            assert code == -signal.SIGKILL, f"the worker ended by itself ({code}) before the kill"
+            log = (tmp_path / f"worker-{k}.log").read_text(errors="replace")[-3000:]
+            assert code == -signal.SIGKILL, f"the worker ended by itself ({code}):\n{log}"
             acked = [int(x.split()[1]) for x in lines if x.startswith("committed")]
             # Freeze what the crash left (hard links: the library never rewrites a file in
             # place), let the next worker start on the directory, and check the frozen copy.
