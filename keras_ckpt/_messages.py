@@ -1,4 +1,4 @@
-"""The verbose lines of a `CheckpointManager`: one per save, deletion or skipped save point.
+"""Verbose lines: one per save or deletion (the manager), per skipped save point (callbacks).
 
 Keras-style, e.g.::
 
@@ -85,16 +85,16 @@ def deleted_line(label: str, gone: CheckpointInfo, policies: Sequence[KeepPolicy
 
 def skipped_line(
     label: str,
-    info: CheckpointInfo,
+    metrics: dict[str, float],
     policies: Sequence[KeepPolicy],
     before: Sequence[CheckpointInfo],
 ) -> str:
     """`Epoch 4: val_loss (0.2011) did not improve from 0.1987, nothing saved` (verbose=2)."""
     best = _best_policy(policies)
     if best is None:
-        return f"{label}: no keep policy wants step {info.step}, nothing saved"
+        return f"{label}: no keep policy wanted this save point, nothing saved"
     previous = best.best(before)
-    value = _number(info.metrics.get(best.monitor, float("nan")))
+    value = _number(float(metrics.get(best.monitor, float("nan"))))
     if previous is None:
         return f"{label}: {best.monitor} is {value}, not a finite value; nothing saved"
     old = _number(previous.metrics[best.monitor])

@@ -20,6 +20,8 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._io import say
+from keras_ckpt._messages import skipped_line
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -207,7 +209,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
         self.manager._label = self._epoch_label(running)
-        return self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        before = self.manager.checkpoints
+        info = self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        if info is None and self.verbose > 1:
+            say(skipped_line(self.manager._label, metrics, self.keep, before))
+        return info
 
     def _epoch_label(self, running: int) -> str:
         """`Epoch 3` for verbose lines; on a new line while Keras draws a progress bar."""

@@ -61,8 +61,7 @@ class CheckpointManager:
             writes. At most one write is in flight; its error is raised by the next `save`,
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion (`Step 500: saved
-            runs/loop/ckpt-500 (loss=0.0123)`); 2 also one per save point that no keep
-            policy wanted.
+            runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
 
     Example:
         >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)]) as mgr:
@@ -239,13 +238,11 @@ class CheckpointManager:
             metrics=values,
             saved_at=time.time(),
         )
-        label = self._label or f"Step {info.step}"
+        if not self._policy.wants(info, self._kept, self._start):
+            return None
         kept = [*self._kept, info]
-        wanted = self._policy.wants(info, self._kept, self._start)
-        protected = self._policy.protected(kept, self._start) if wanted else set()
+        protected = self._policy.protected(kept, self._start)
         if info.step not in protected:
-            if self.verbose > 1:
-                say(_messages.skipped_line(label, info, self._policies, self._kept))
             return None
         doomed = [i for i in kept if i.step not in protected]
         kept = [i for i in kept if i.step in protected]
@@ -261,6 +258,7 @@ class CheckpointManager:
         extra = self._record_extra()
         lines = []
         if self.verbose:
+            label = self._label or f"Step {info.step}"
             lines.append(
                 _messages.saved_line(
                     label, info, self._policies, self._kept, self._start, self.async_save
