@@ -21,7 +21,18 @@ from keras_ckpt.errors import (
     MonitorNotFoundError,
 )
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.loader import best_checkpoint, latest_checkpoint, list_checkpoints, restore
+from keras_ckpt.loader import (
+    best_checkpoint,
+    export_saved_model,
+    export_weights_h5,
+    latest_checkpoint,
+    list_checkpoints,
+    load_model,
+    load_saved_model,
+    restore,
+    resume,
+    verify,
+)
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import (
     EveryEpoch,
@@ -51,6 +62,12 @@ __all__ = [
     "latest_checkpoint",
     "best_checkpoint",
     "restore",
+    "resume",
+    "load_model",
+    "export_saved_model",
+    "load_saved_model",
+    "export_weights_h5",
+    "verify",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointMismatchError",

@@ -1,66 +1,48 @@
-"""Reading checkpoints back: list, latest, best, restore.
+"""Reading checkpoints back: list, latest, best, restore, resume, load, export, evaluate, verify.
 
 `restore` matches the checkpoint's variables to the model's through the object graph stored
 in the checkpoint (never by guessing key names), compares every shape and dtype first, and
 assigns only when all is well, so a failed restore leaves the model as it was.
+
+This module holds the public functions; the work is done in private modules: `_listing`
+(kept checkpoints, what a `checkpoint` argument means), `_reader` (one checkpoint's index and
+values, TensorFlow's read errors translated), `_restore` (object-graph matching),
+`_model_json` (rebuilding a model without running code from the file), `_export`
+(SavedModel, `.weights.h5`), `_evaluate` and `_verify`.
 """
 
 from __future__ import annotations
 
-import collections
-import json
 import os
-import re
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
-import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
+import keras
 
-from keras_ckpt import _fs
-from keras_ckpt.directory import STATE, parse_state, scan
-from keras_ckpt.errors import (
-    CheckpointCorruptError,
-    CheckpointMismatchError,
-    CheckpointNotFoundError,
-)
-from keras_ckpt.info import CheckpointInfo, from_json, step_of
+from keras_ckpt import _export, _fs, _listing, _model_json, _verify
+from keras_ckpt._listing import info_of, newer_damaged
+from keras_ckpt._listing import resolve as _resolve
+from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
+from keras_ckpt._restore import restore_into
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
+from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepBest
 
-__all__ = ["list_checkpoints", "latest_checkpoint", "best_checkpoint", "restore"]
-
-_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_VALUE = "VARIABLE_VALUE"
+__all__ = [
+    "list_checkpoints",
+    "latest_checkpoint",
+    "best_checkpoint",
+    "restore",
+    "resume",
+    "load_model",
+    "export_saved_model",
+    "load_saved_model",
+    "export_weights_h5",
+    "verify",
+]
 
 
 # -- listing ------------------------------------------------------------------------------------
-
-
-def _foreign(directory: str) -> list[CheckpointInfo]:
-    """Checkpoints a plain `tf.train.CheckpointManager` recorded (no records of ours).
-
-    Only names inside `directory` are considered; absolute paths and `..` are ignored.
-    """
-    try:
-        fields = parse_state(_fs.read_text(_fs.join(directory, STATE)))
-    except Exception:  # no state file, or one we cannot read: nothing foreign to list
-        return []
-    names = fields.get("all_model_checkpoint_paths", [])
-    stamps = fields.get("all_model_checkpoint_timestamps", [])
-    present = set(_fs.list_dir(directory))
-    out = []
-    for i, name in enumerate(names):
-        if "/" in name or "\\" in name or name.startswith(".") or f"{name}.index" not in present:
-            continue
-        match = re.search(r"-(\d+)$", name)
-        saved = float(stamps[i]) if i < len(stamps) else 0.0
-        out.append(
-            CheckpointInfo(
-                _fs.join(directory, name), int(match.group(1)) if match else i, None, {}, saved
-            )
-        )
-    return sorted(out, key=lambda i: i.step)
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
@@ -72,13 +54,7 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
         >>> [(i.step, i.metrics["val_loss"]) for i in list_checkpoints("runs/best")]
         [(400, 0.31), (800, 0.27)]
     """
-    path = _fs.fspath(directory)
-    if not _fs.isdir(path):
-        return []
-    found = scan(path)
-    if found.kept or found.damaged or found.partial:
-        return found.kept
-    return _foreign(path)
+    return _listing.kept(_fs.fspath(directory))
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> str | None:
@@ -96,225 +72,6 @@ def best_checkpoint(
     """
     best = KeepBest(monitor=monitor, mode=mode).best(list_checkpoints(directory))  # type: ignore[arg-type]
     return best.path if best else None
-
-
-def _resolve(checkpoint: str | os.PathLike[str]) -> str:
-    """A prefix for a prefix, the latest prefix for a directory."""
-    path = _fs.fspath(checkpoint)
-    if _fs.exists(path + ".index"):
-        return path
-    if _fs.isdir(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise CheckpointNotFoundError(
-                f"{path} holds no complete checkpoint. Train with a keras_ckpt callback into "
-                "it first, or run `keras-ckpt verify` on it to see what is there."
-            )
-        return latest
-    raise CheckpointNotFoundError(
-        f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists."
-    )
-
-
-def info_of(prefix: str) -> CheckpointInfo:
-    """The `CheckpointInfo` of a prefix, from its record when there is one."""
-    record = prefix + ".json"
-    if _fs.exists(record):
-        try:
-            return from_json(_fs.read_text(record), prefix)[0]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorruptError(
-                f"{record} is not a valid checkpoint record ({exc}): run "
-                f"`keras-ckpt verify {_fs.dirname(prefix)}`"
-            ) from exc
-    step = step_of(_fs.basename(prefix))
-    saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0
-    return CheckpointInfo(prefix, step if step is not None else 0, None, {}, saved)
-
-
-# -- reading a checkpoint -----------------------------------------------------------------------
-
-
-def _data_files(prefix: str) -> list[str]:
-    base = _fs.basename(prefix)
-    names = _fs.list_dir(_fs.dirname(prefix))
-    return [_fs.join(_fs.dirname(prefix), n) for n in names if n.startswith(base + ".data-")]
-
-
-def check_sizes(prefix: str) -> None:
-    """Raises `CheckpointCorruptError` if a file differs in size from what its record says."""
-    record = prefix + ".json"
-    if not _fs.exists(record):
-        return
-    try:
-        files = json.loads(_fs.read_text(record)).get("files", {})
-    except (ValueError, AttributeError):
-        return
-    directory = _fs.dirname(prefix)
-    for name, expected in files.items():
-        path = _fs.join(directory, name)
-        if not _fs.exists(path):
-            raise CheckpointCorruptError(
-                f"{path} is missing: the checkpoint {prefix} is incomplete. Restore another "
-                f"one (`keras-ckpt list {directory}`)."
-            )
-        actual = _fs.size(path)
-        if actual != expected:
-            raise CheckpointCorruptError(
-                f"{path} is truncated or altered ({actual} of {expected} bytes): restore "
-                f"another checkpoint, or run `keras-ckpt verify {directory}`"
-            )
-
-
-class CheckpointReader:
-    """The index of one checkpoint: shapes, dtypes and object graph; `read` fetches values."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        index = prefix + ".index"
-        if not _fs.exists(index):
-            raise CheckpointNotFoundError(f"No checkpoint at {prefix}: {index} does not exist.")
-        check_sizes(prefix)
-        try:
-            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
-            self.shapes = {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
-            self.dtypes = dict(reader.get_variable_to_dtype_map())
-            raw = reader.get_tensor(_GRAPH_KEY) if _GRAPH_KEY in self.shapes else None
-        except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as exc:
-            raise CheckpointCorruptError(
-                f"{index} (or its data) is unreadable: {_short(exc)}. The checkpoint is "
-                f"damaged; restore another one or run `keras-ckpt verify {_fs.dirname(prefix)}`."
-            ) from exc
-        self.graph = None
-        if raw is not None:
-            graph = trackable_object_graph_pb2.TrackableObjectGraph()
-            try:
-                graph.ParseFromString(raw)
-            except Exception as exc:  # protobuf's DecodeError has no stable import path
-                raise CheckpointCorruptError(
-                    f"The object graph in {prefix}.data-* is garbled ({_short(exc)})."
-                ) from exc
-            self.graph = graph
-
-    def variable_keys(self) -> list[str]:
-        return sorted(k for k in self.shapes if k != _GRAPH_KEY)
-
-    def read(self, keys: list[str]) -> list[tf.Tensor]:
-        """Reads `keys` in one op (works on every file system TensorFlow knows)."""
-        if not keys:
-            return []
-        try:
-            return list(
-                tf.raw_ops.RestoreV2(
-                    prefix=self.prefix,
-                    tensor_names=keys,
-                    shape_and_slices=[""] * len(keys),
-                    dtypes=[self.dtypes[k] for k in keys],
-                )
-            )
-        except (tf.errors.OpError, IndexError, ValueError, RuntimeError) as exc:
-            files = ", ".join(_data_files(self.prefix)) or f"{self.prefix}.data-*"
-            raise CheckpointCorruptError(
-                f"{files} is truncated or altered ({_short(exc)}). Restore another checkpoint "
-                f"or run `keras-ckpt verify {_fs.dirname(self.prefix)}`."
-            ) from exc
-
-
-def _short(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = re.sub(r"\{\{.*?\}\}\s*", "", text)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
-
-
-# -- matching through the object graph ----------------------------------------------------------
-
-
-def _is_variable(obj: object) -> bool:
-    return hasattr(obj, "assign") and hasattr(obj, "shape") and hasattr(obj, "dtype")
-
-
-def _name(obj: object) -> str:
-    return str(getattr(obj, "path", None) or getattr(obj, "name", None) or type(obj).__name__)
-
-
-@dataclass
-class _Match:
-    pairs: list[tuple[Any, str]] = field(default_factory=list)  # (live variable, key)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shapes: list[str] = field(default_factory=list)
-
-    @property
-    def problems(self) -> list[str]:
-        out = []
-        if self.missing:
-            out.append("missing in the checkpoint: " + ", ".join(self.missing))
-        if self.unexpected:
-            out.append("unexpected in the checkpoint: " + ", ".join(self.unexpected))
-        if self.shapes:
-            out.append("shape mismatch: " + "; ".join(self.shapes))
-        return out
-
-
-def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dict[int, Any]:
-    """Pairs proto nodes with live objects by child names, breadth first from `start`."""
-    view = tf.train.TrackableView(live) if live is not None else None
-    found: dict[int, Any] = {}
-    queue = collections.deque([(start, live)])
-    seen.add(start)
-    while queue:
-        node_id, obj = queue.popleft()
-        found[node_id] = obj
-        children = {}
-        if obj is not None and view is not None:
-            try:
-                children = view.children(obj)
-            except Exception:  # an object TF cannot list: its subtree is unmatched
-                children = {}
-        for ref in graph.nodes[node_id].children:
-            if node_id == start and ref.local_name == skip:
-                continue
-            if ref.node_id in seen:
-                continue
-            seen.add(ref.node_id)
-            queue.append((ref.node_id, children.get(ref.local_name)))
-    return found
-
-
-def _root_child(graph, name: str, node: int = 0) -> int | None:
-    for ref in graph.nodes[node].children:
-        if ref.local_name == name:
-            return ref.node_id
-    return None
-
-
-def _pair(
-    graph, found: dict[int, Any], reader: CheckpointReader, wanted: dict[int, Any], match: _Match
-) -> None:
-    """Fills `match` with the variables of `found`; `wanted` are the live ones expected."""
-    matched: set[int] = set()
-    for node_id, obj in found.items():
-        attrs = {a.name: a for a in graph.nodes[node_id].attributes}
-        if _VALUE not in attrs:
-            continue
-        attr = attrs[_VALUE]
-        if obj is None or not _is_variable(obj):
-            match.unexpected.append(attr.full_name or attr.checkpoint_key)
-            continue
-        key = attr.checkpoint_key
-        saved = (reader.shapes.get(key), reader.dtypes.get(key))
-        live_shape, live_dtype = tuple(obj.shape), tf.as_dtype(obj.dtype)
-        matched.add(id(obj))
-        if saved[0] is None or tuple(saved[0]) != live_shape or saved[1] != live_dtype:
-            match.shapes.append(
-                f"{_name(obj)}: checkpoint {tuple(saved[0] or ())} "
-                f"{getattr(saved[1], 'name', '?')}, model {live_shape} {live_dtype.name}"
-            )
-            continue
-        match.pairs.append((obj, key))
-    match.missing.extend(
-        f"{_name(v)} {tuple(v.shape)}" for i, v in wanted.items() if i not in matched
-    )
 
 
 def restore(
@@ -342,64 +99,253 @@ def restore(
         1200
     """
     prefix = _resolve(checkpoint)
-    reader = CheckpointReader(prefix)
-    if reader.graph is None:
-        raise CheckpointMismatchError(
-            f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
-            "to a Keras model."
-        )
-    if not getattr(model, "built", True) or not model.variables:
-        raise ValueError(
-            "`model` must be built before restoring (call it on a batch, or give it an "
-            f"Input). Received an unbuilt {type(model).__name__}."
-        )
-    graph = reader.graph
-    model_node = _root_child(graph, "model")
-    if model_node is None:
-        roots = ", ".join(r.local_name for r in graph.nodes[0].children) or "none"
-        raise CheckpointMismatchError(
-            f"{prefix} was not written as tf.train.Checkpoint(model=...): its root objects are "
-            f"{roots}. Read it with tf.train.Checkpoint({roots.split(', ')[0]}=model) instead."
-        )
-    seen: set[int] = set()
-    model_side = _walk(graph, model_node, model, skip="optimizer", seen=seen)
-    match = _Match()
-    _pair(graph, model_side, reader, {id(v): v for v in model.variables}, match)
-
-    optimizer = getattr(model, "optimizer", None)
-    opt_node = _root_child(graph, "optimizer", model_node)
-    opt_pairs: list[tuple[Any, str]] = []
-    opt_problems: list[str] = []
-    if optimizer is not None and opt_node is not None:
-        if not getattr(optimizer, "built", True):
-            optimizer.build(model.trainable_variables)
-        opt_match = _Match()
-        opt_side = _walk(graph, opt_node, optimizer, skip=None, seen=seen)
-        _pair(graph, opt_side, reader, {id(v): v for v in optimizer.variables}, opt_match)
-        opt_pairs, opt_problems = opt_match.pairs, opt_match.problems
-
-    problems = match.problems
-    if problems and strict:
-        raise CheckpointMismatchError(
-            f"{prefix} does not match the model; nothing was restored.\n  "
-            + "\n  ".join(problems)
-            + "\nRebuild the model as it was saved, or pass strict=False to restore only the "
-            "variables whose path and shape match."
-        )
-    if problems:
-        warnings.warn(
-            f"restore(strict=False) from {prefix} skipped: " + "; ".join(problems),
-            stacklevel=2,
-        )
-    if opt_problems:
-        warnings.warn(
-            f"The optimizer state in {prefix} does not fit the model's optimizer and was not "
-            "restored (" + "; ".join(opt_problems) + "); training continues with a fresh one.",
-            stacklevel=2,
-        )
-        opt_pairs = []
-    pairs = match.pairs + opt_pairs
-    values = reader.read([key for _, key in pairs])
-    for (variable, _), value in zip(pairs, values, strict=True):
-        variable.assign(value)
+    restore_into(model, prefix, strict=strict)
     return info_of(prefix)
+
+
+# -- resuming -----------------------------------------------------------------------------------
+
+
+def resume(model: Any, directory: str | os.PathLike[str]) -> int:
+    """Restores the newest intact checkpoint of `directory` and returns `initial_epoch`.
+
+    The model's variables and, when `model` is compiled, its optimizer state (slots and
+    iteration count) are restored, so `fit(..., initial_epoch=resume(model, d))` continues
+    the interrupted run: with the same data order and deterministic ops it ends with the
+    same weights as a run that was never interrupted.
+
+    A damaged newest checkpoint (truncated, altered, unreadable) is skipped with a warning and
+    the newest intact one is used; nothing on disk is changed. If no checkpoint is intact,
+    a warning says so and 0 is returned (training starts over) rather than raising, so a
+    restart script cannot fall into a crash loop.
+
+    Args:
+        model: The model to train, built (and compiled, to restore the optimizer too).
+        directory: The checkpoint directory the interrupted run wrote.
+
+    Returns:
+        Epochs completed at the restored checkpoint (its `epoch`), to pass as
+        `initial_epoch`; 0 for a missing or empty directory, or a checkpoint that records
+        no epoch (saved by a custom loop without `epoch=`: continue from `info.step`).
+
+    Raises:
+        CheckpointMismatchError: the model does not match the checkpoints' architecture.
+
+    Example:
+        >>> cb = RotatingCheckpoint("runs/last")
+        >>> model.fit(x, y, epochs=20, initial_epoch=resume(model, "runs/last"),
+        ...           callbacks=[cb])
+    """
+    path = _fs.fspath(directory)
+    if not _fs.isdir(path):
+        return 0
+    kept = list_checkpoints(path)
+    skipped = newer_damaged(path, kept[-1].step if kept else -1)
+    if skipped:
+        warnings.warn(
+            f"resume: the newest checkpoint(s) in {path} are damaged and were skipped ("
+            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+            + "). Falling back to the newest intact one.",
+            stacklevel=2,
+        )
+    for info in reversed(kept):
+        try:
+            optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=3)
+        except CheckpointCorruptError as exc:
+            warnings.warn(
+                f"resume: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "
+                "Falling back to an older checkpoint.",
+                stacklevel=2,
+            )
+            continue
+        if getattr(model, "optimizer", None) is None:
+            warnings.warn(
+                f"resume: restored {info.path} into an uncompiled model, so no optimizer "
+                "state was restored. Compile the model before resume() to continue exactly.",
+                stacklevel=2,
+            )
+        elif not optimizer_restored:
+            warnings.warn(
+                f"resume: {info.path} holds no usable optimizer state (saved with "
+                "save_optimizer=False, or another optimizer); training continues with a "
+                "fresh optimizer and will not match an uninterrupted run exactly.",
+                stacklevel=2,
+            )
+        return int(info.epoch or 0)
+    if kept or skipped:
+        warnings.warn(
+            f"resume: no intact checkpoint in {path}; training starts from epoch 0. Run "
+            f"`keras-ckpt verify {path}` to see what is damaged.",
+            stacklevel=2,
+        )
+    return 0
+
+
+# -- loading without the model code -------------------------------------------------------------
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str], custom_objects: dict[str, Any] | None = None
+) -> keras.Model:
+    """Rebuilds the model from its directory's `model.json` and restores the checkpoint.
+
+    No model-building code is needed, and no code from the directory runs: the config is
+    checked before Keras sees it and deserialised in Keras safe mode. A `Lambda` layer
+    holding Python bytecode, or any class or function outside Keras that is not in
+    `custom_objects` (or registered with `keras.saving.register_keras_serializable`), is
+    refused with a `ValueError` naming `model.json`; no module it names is imported.
+
+    If the model was compiled when it was first saved, `model.json` carries its compile
+    config: the model comes back compiled (optimizer, loss, metrics) with the optimizer state
+    restored too, ready for `evaluate` or more `fit`. Otherwise it comes back uncompiled.
+
+    Args:
+        checkpoint: A prefix (`"runs/best/ckpt-1200"`) or a directory (its latest).
+        custom_objects: Classes and functions the architecture uses, by name.
+
+    Returns:
+        The rebuilt model with the checkpoint's weights.
+
+    Raises:
+        CheckpointNotFoundError: no checkpoint, or no `model.json` beside it.
+        ValueError: `model.json` would run code, or Keras cannot rebuild it.
+        CheckpointMismatchError: the checkpoint does not fit the rebuilt model.
+        CheckpointCorruptError: a file is truncated or altered.
+
+    Example:
+        >>> model = load_model("runs/best")
+        >>> model.predict(x)
+    """
+    prefix = _resolve(checkpoint)
+    model = _model_json.build_model(_fs.dirname(prefix), custom_objects)
+    restore_into(model, prefix, strict=True, stacklevel=3)
+    return model
+
+
+def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
+    """The model with the checkpoint's state: `model`, or one rebuilt from model.json."""
+    prefix = _resolve(checkpoint, stacklevel=4)
+    if model is None:
+        model = _model_json.build_model(_fs.dirname(prefix), compile=optimizer)
+    restore_into(model, prefix, strict=True, optimizer=optimizer, stacklevel=4)
+    return model
+
+
+def export_saved_model(
+    checkpoint: str | os.PathLike[str], export_dir: str | os.PathLike[str], model: Any = None
+) -> str:
+    """Exports a checkpoint as a TensorFlow SavedModel with a serving signature.
+
+    Uses Keras' `model.export(export_dir, format="tf_saved_model")`: the SavedModel has a
+    `serve` endpoint and a `serving_default` signature, for TF Serving, `tf.saved_model.load`
+    or `load_saved_model`. It is written under a temporary name and renamed into place.
+
+    Args:
+        checkpoint: A prefix or a directory (its latest).
+        export_dir: A new (or empty) directory; an existing non-empty one is refused.
+        model: The architecture, for models `model.json` cannot describe (subclassed
+            models). It receives the checkpoint's weights (not its optimizer state).
+            Default: rebuilt from `model.json`.
+
+    Returns:
+        `export_dir`.
+
+    Raises:
+        ValueError: `export_dir` is not empty, or `model.json` is refused.
+        CheckpointNotFoundError, CheckpointMismatchError, CheckpointCorruptError: as `restore`.
+
+    Example:
+        >>> export_saved_model("runs/best", "exports/v1")
+        'exports/v1'
+    """
+    target = _fs.fspath(export_dir)
+    _export.check_export_dir(target)
+    return _export.write_saved_model(_prepare(checkpoint, model, optimizer=False), target)
+
+
+def load_saved_model(export_dir: str | os.PathLike[str]) -> keras.Model:
+    """A Keras model over an exported SavedModel, for inference (`predict`).
+
+    It wraps the SavedModel's `serve` endpoint (or its `serving_default` signature) in a
+    `keras.layers.TFSMLayer`, so it needs none of the original model's code: its `predict`
+    gives the original model's outputs. It cannot be trained further.
+
+    Args:
+        export_dir: A directory written by `export_saved_model` (or Keras' `model.export`).
+
+    Raises:
+        CheckpointNotFoundError: `export_dir` holds no `saved_model.pb`.
+
+    Example:
+        >>> load_saved_model("exports/v1").predict(x)
+    """
+    return _export.read_saved_model(_fs.fspath(export_dir))
+
+
+def export_weights_h5(
+    checkpoint: str | os.PathLike[str], path: str | os.PathLike[str], model: Any = None
+) -> str:
+    """Writes a checkpoint's model weights as a Keras `.weights.h5` file.
+
+    The file is what `model.save_weights` would have written at that step, so
+    `model.load_weights(path)` reads it into a model of the same architecture. As with Keras'
+    own files, it includes the optimizer state when there is one (the model was compiled and
+    the checkpoint holds it): a compiled model whose optimizer is not built yet loads the
+    weights and Keras warns that it skipped the optimizer. The file is written beside `path`
+    under a temporary name and renamed into place (an existing file at `path` is replaced
+    only once the new one is complete).
+
+    Args:
+        checkpoint: A prefix or a directory (its latest).
+        path: The file to write; must end in `.weights.h5`.
+        model: The architecture, if `model.json` cannot describe it; it receives the
+            checkpoint's weights (and optimizer state, if compiled). Default: rebuilt from
+            `model.json`, compiled as recorded there.
+
+    Returns:
+        `path`.
+
+    Example:
+        >>> export_weights_h5("runs/best", "best.weights.h5")
+        >>> build_model().load_weights("best.weights.h5")
+    """
+    target = _fs.fspath(path)
+    _export.check_weights_path(target)  # before any work
+    return _export.write_weights_h5(_prepare(checkpoint, model, optimizer=True), target)
+
+
+# -- evaluating and verifying -------------------------------------------------------------------
+
+
+def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:
+    """Reads checkpoints end to end and lists every problem, one line per damaged file.
+
+    For a checkpoint prefix, that checkpoint; for a directory, every checkpoint in it (kept
+    or already known damaged), its `checkpoint` state file and `model.json`. Every tensor is
+    read back, so TensorFlow's per-tensor checksums find altered bytes as well as truncated
+    files. Each line reads `<file>: <what is wrong>`. Nothing is written. Leftovers of an
+    interrupted save are not reported (they were never kept; the next run removes them).
+
+    Args:
+        directory_or_checkpoint: A checkpoint directory or a prefix.
+
+    Returns:
+        The problems found; `[]` when everything is intact.
+
+    Raises:
+        CheckpointNotFoundError: the path is neither a directory nor a checkpoint.
+
+    Example:
+        >>> verify("runs/best")
+        ['runs/best/ckpt-1200.data-00000-of-00001: 1048576 bytes, expected 4800512 (truncated or altered)']
+    """  # noqa: E501
+    path = _fs.fspath(directory_or_checkpoint)
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if _fs.exists(path + ".index") or _fs.exists(path + ".json"):
+        return _verify.verify_prefix(path)
+    if _fs.isdir(path):
+        return _verify.verify_directory(path, list_checkpoints(path))
+    raise CheckpointNotFoundError(
+        f"Nothing to verify at {path}: neither a checkpoint ({path}.index) nor a directory."
+    )

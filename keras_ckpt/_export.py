@@ -1,0 +1,125 @@
+"""Writing a restored model out: a SavedModel (Keras' export) or a Keras `.weights.h5`.
+
+Both are written under a temporary name beside the target and renamed into place, so an
+interrupted export never leaves a half-written artifact under the requested name, and an
+existing non-empty export directory is never overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_ckpt import _fs
+from keras_ckpt.errors import CheckpointNotFoundError
+
+WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def check_export_dir(export_dir: str) -> None:
+    """Refuses an `export_dir` that already holds something."""
+    if _fs.exists(export_dir) and (not _fs.isdir(export_dir) or _fs.list_dir(export_dir)):
+        raise ValueError(
+            f"`export_dir` already exists and is not empty: {export_dir}. Choose a new "
+            "directory (nothing there was changed)."
+        )
+
+
+def write_saved_model(model: Any, export_dir: str) -> str:
+    """Exports `model` (weights already restored) with Keras' `model.export`."""
+    if not _fs.is_local(export_dir):
+        model.export(export_dir, format="tf_saved_model", verbose=False)
+        return export_dir
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
+    try:
+        model.export(tmp, format="tf_saved_model", verbose=False)
+        if os.path.isdir(export_dir):
+            os.rmdir(export_dir)  # empty: checked before
+        os.rename(tmp, export_dir)
+        _fs.fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return export_dir
+
+
+def _inputs_like(spec: Any, name: str | None = None) -> Any:
+    """A structure of `keras.Input`s matching a structure of `tf.TensorSpec`s."""
+    if isinstance(spec, dict):
+        return {k: _inputs_like(v, str(k)) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [_inputs_like(v) for v in spec]
+    return keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name=name)
+
+
+def read_saved_model(export_dir: str) -> keras.Model:
+    """A Keras model over the SavedModel's `serve` endpoint (or `serving_default`)."""
+    if not _fs.exists(_fs.join(export_dir, "saved_model.pb")):
+        raise CheckpointNotFoundError(
+            f"{export_dir} is not a SavedModel directory (no saved_model.pb). Write one with "
+            "keras_ckpt.export_saved_model(checkpoint, export_dir)."
+        )
+    loaded = tf.saved_model.load(export_dir)
+    serve = getattr(loaded, "serve", None)
+    functions = getattr(serve, "concrete_functions", None)
+    if functions:
+        args, kwargs = functions[0].structured_input_signature
+        structure = kwargs if kwargs and not args else (args[0] if len(args) == 1 else args)
+        inputs = _inputs_like(structure)
+        layer = keras.layers.TFSMLayer(export_dir, call_endpoint="serve")
+        outputs = layer(inputs)
+    elif "serving_default" in loaded.signatures:
+        signature = loaded.signatures["serving_default"]
+        inputs = _inputs_like(signature.structured_input_signature[1])
+        layer = keras.layers.TFSMLayer(export_dir, call_endpoint="serving_default")
+        outputs = layer(inputs)
+        if isinstance(outputs, dict) and len(outputs) == 1:
+            outputs = next(iter(outputs.values()))
+    else:
+        raise ValueError(
+            f"{export_dir} has neither a `serve` endpoint nor a `serving_default` signature; "
+            "load it with tf.saved_model.load."
+        )
+    return keras.Model(inputs, outputs, name="saved_model")
+
+
+def check_weights_path(path: str) -> None:
+    if not path.endswith(WEIGHTS_SUFFIX):
+        raise ValueError(
+            f"`path` must end in {WEIGHTS_SUFFIX!r} (Keras reads weights files by that "
+            f"suffix). Received: path={path!r}"
+        )
+    if _fs.isdir(path):
+        raise ValueError(f"`path` is a directory: {path}. Give a file name ending in .weights.h5.")
+
+
+def write_weights_h5(model: Any, path: str) -> str:
+    """Writes `model.save_weights` output to `path` atomically (temp file, then rename)."""
+    if _fs.is_local(path):
+        directory = os.path.abspath(_fs.dirname(path) or ".")
+        os.makedirs(directory, exist_ok=True)
+        scratch = None
+    else:  # h5py writes local files only: write in a scratch folder, then copy over
+        directory = scratch = tempfile.mkdtemp(prefix="keras_ckpt-export-")
+    tmp = os.path.join(directory, _fs.temp_name(".export") + WEIGHTS_SUFFIX)
+    try:
+        model.save_weights(tmp)
+        _fs.fsync_file(tmp)
+        if scratch is None:
+            os.replace(tmp, path)
+            _fs.fsync_dir(directory)
+        else:
+            with open(tmp, "rb") as f:
+                _fs.write_atomic(path, f.read())
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return path

@@ -1,0 +1,151 @@
+"""Reading one checkpoint: its index (shapes, dtypes, object graph) and its values.
+
+Every failure of TensorFlow's readers (checksum mismatches, truncated files, which surface as
+a bare `IndexError: Read less bytes than requested`, garbled tables) is translated here into a
+`CheckpointCorruptError` naming the damaged file. `RestoreV2` works on every file system
+TensorFlow knows (`tf.train.list_variables` cannot read `ram://`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import tensorflow as tf
+from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+from keras_ckpt import _fs
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
+
+GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+
+# What TensorFlow raises for a damaged bundle: OpError subclasses (DataLoss, OutOfRange, ...),
+# IndexError for a short read, and ValueError/RuntimeError from the pywrap layer.
+TF_READ_ERRORS = (tf.errors.OpError, IndexError, ValueError, RuntimeError)
+
+_SHARD_RE = re.compile(r"shard (\d+)")
+
+
+def data_files(prefix: str) -> list[str]:
+    """The `.data-*` shards of `prefix` that exist, sorted."""
+    base = _fs.basename(prefix)
+    directory = _fs.dirname(prefix)
+    names = _fs.list_dir(directory)
+    return [_fs.join(directory, n) for n in names if n.startswith(base + ".data-")]
+
+
+def short(exc: BaseException) -> str:
+    """The first line of a TensorFlow error, without its `{{node ...}}` noise."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = re.sub(r"\{\{.*?\}\}\s*", "", text)
+    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
+
+
+def blame(prefix: str, exc: BaseException, default: str) -> str:
+    """The file a TensorFlow read error points at: a data shard, all shards, or `default`."""
+    text = short(exc)
+    shards = data_files(prefix)
+    match = _SHARD_RE.search(text)
+    if match:
+        tag = f".data-{int(match.group(1)):05d}-of-"
+        named = [s for s in shards if tag in _fs.basename(s)]
+        return named[0] if named else (", ".join(shards) or f"{prefix}.data-*")
+    if "Checksum does not match" in text or "Read less bytes" in text:
+        return ", ".join(shards) or f"{prefix}.data-*"
+    return default
+
+
+def check_sizes(prefix: str) -> None:
+    """Raises `CheckpointCorruptError` if a file differs in size from what its record says."""
+    record = prefix + ".json"
+    if not _fs.exists(record):
+        return
+    try:
+        files = json.loads(_fs.read_text(record)).get("files", {})
+    except (ValueError, AttributeError):
+        return
+    directory = _fs.dirname(prefix)
+    for name, expected in files.items():
+        path = _fs.join(directory, name)
+        if not _fs.exists(path):
+            raise CheckpointCorruptError(
+                f"{path} is missing: the checkpoint {prefix} is incomplete. Restore another "
+                f"one (`keras-ckpt list {directory}`)."
+            )
+        actual = _fs.size(path)
+        if actual != expected:
+            raise CheckpointCorruptError(
+                f"{path} is truncated or altered ({actual} of {expected} bytes): restore "
+                f"another checkpoint, or run `keras-ckpt verify {directory}`"
+            )
+
+
+class CheckpointReader:
+    """The index of one checkpoint: shapes, dtypes and object graph; `read` fetches values."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        index = prefix + ".index"
+        if not _fs.exists(index):
+            raise CheckpointNotFoundError(f"No checkpoint at {prefix}: {index} does not exist.")
+        check_sizes(prefix)
+        try:
+            reader = tf.compat.v1.train.NewCheckpointReader(prefix)
+            self.shapes = {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}
+            self.dtypes = dict(reader.get_variable_to_dtype_map())
+            raw = reader.get_tensor(GRAPH_KEY) if GRAPH_KEY in self.shapes else None
+        except TF_READ_ERRORS as exc:
+            raise CheckpointCorruptError(
+                f"{blame(prefix, exc, index)} is unreadable: {short(exc)}. The checkpoint "
+                f"is damaged; restore another one or run `keras-ckpt verify "
+                f"{_fs.dirname(prefix)}`."
+            ) from exc
+        self.graph = None
+        if raw is not None:
+            graph = trackable_object_graph_pb2.TrackableObjectGraph()
+            try:
+                graph.ParseFromString(raw)
+            except Exception as exc:  # protobuf's DecodeError has no stable import path
+                raise CheckpointCorruptError(
+                    f"The object graph in {prefix}.data-* is garbled ({short(exc)})."
+                ) from exc
+            self.graph = graph
+
+    def variable_keys(self) -> list[str]:
+        return sorted(k for k in self.shapes if k != GRAPH_KEY)
+
+    def nbytes(self, key: str) -> int:
+        """The size of one tensor's values (strings count as 1 byte per element)."""
+        count = 1
+        for dim in self.shapes.get(key, ()):
+            count *= int(dim)
+        return count * max(tf.as_dtype(self.dtypes[key]).size, 1)
+
+    def read(self, keys: list[str]) -> list[tf.Tensor]:
+        """Reads `keys` in one op (works on every file system TensorFlow knows)."""
+        if not keys:
+            return []
+        try:
+            return list(
+                tf.raw_ops.RestoreV2(
+                    prefix=self.prefix,
+                    tensor_names=keys,
+                    shape_and_slices=[""] * len(keys),
+                    dtypes=[self.dtypes[k] for k in keys],
+                )
+            )
+        except TF_READ_ERRORS as exc:
+            files = blame(self.prefix, exc, ", ".join(data_files(self.prefix)))
+            raise CheckpointCorruptError(
+                f"{files or self.prefix + '.data-*'} is truncated or altered ({short(exc)}). "
+                f"Restore another checkpoint or run `keras-ckpt verify "
+                f"{_fs.dirname(self.prefix)}`."
+            ) from exc
+
+
+def describe(prefix: str, exc: CheckpointCorruptError) -> str:
+    """`<file>: <what TensorFlow found>` for a `CheckpointCorruptError` raised here."""
+    cause = exc.__cause__
+    if isinstance(cause, TF_READ_ERRORS):
+        return f"{blame(prefix, cause, prefix + '.index')}: {short(cause)}"
+    return str(exc)

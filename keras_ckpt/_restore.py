@@ -1,0 +1,189 @@
+"""Matching a checkpoint's variables to a live model through the stored object graph.
+
+Variables are paired with the model's by walking the checkpoint's object graph and the model's
+trackable children side by side (never by guessing key names). Every shape and dtype is
+compared and every value read before the first assignment, so a failed restore leaves the
+model (and its optimizer) as it was.
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import tensorflow as tf
+
+from keras_ckpt._reader import CheckpointReader
+from keras_ckpt.errors import CheckpointMismatchError
+
+_VALUE = "VARIABLE_VALUE"
+
+
+def _is_variable(obj: object) -> bool:
+    return hasattr(obj, "assign") and hasattr(obj, "shape") and hasattr(obj, "dtype")
+
+
+def _name(obj: object) -> str:
+    return str(getattr(obj, "path", None) or getattr(obj, "name", None) or type(obj).__name__)
+
+
+@dataclass
+class _Match:
+    pairs: list[tuple[Any, str]] = field(default_factory=list)  # (live variable, key)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shapes: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.missing:
+            out.append("missing in the checkpoint: " + ", ".join(self.missing))
+        if self.unexpected:
+            out.append("unexpected in the checkpoint: " + ", ".join(self.unexpected))
+        if self.shapes:
+            out.append("shape mismatch: " + "; ".join(self.shapes))
+        return out
+
+
+def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dict[int, Any]:
+    """Pairs proto nodes with live objects by child names, breadth first from `start`."""
+    view = tf.train.TrackableView(live) if live is not None else None
+    found: dict[int, Any] = {}
+    queue = collections.deque([(start, live)])
+    seen.add(start)
+    while queue:
+        node_id, obj = queue.popleft()
+        found[node_id] = obj
+        children = {}
+        if obj is not None and view is not None:
+            try:
+                children = view.children(obj)
+            except Exception:  # an object TF cannot list: its subtree is unmatched
+                children = {}
+        for ref in graph.nodes[node_id].children:
+            if node_id == start and ref.local_name == skip:
+                continue
+            if ref.node_id in seen:
+                continue
+            seen.add(ref.node_id)
+            queue.append((ref.node_id, children.get(ref.local_name)))
+    return found
+
+
+def _root_child(graph, name: str, node: int = 0) -> int | None:
+    for ref in graph.nodes[node].children:
+        if ref.local_name == name:
+            return ref.node_id
+    return None
+
+
+def _pair(
+    graph, found: dict[int, Any], reader: CheckpointReader, wanted: dict[int, Any], match: _Match
+) -> None:
+    """Fills `match` with the variables of `found`; `wanted` are the live ones expected."""
+    matched: set[int] = set()
+    for node_id, obj in found.items():
+        attrs = {a.name: a for a in graph.nodes[node_id].attributes}
+        if _VALUE not in attrs:
+            continue
+        attr = attrs[_VALUE]
+        if obj is None or not _is_variable(obj):
+            match.unexpected.append(attr.full_name or attr.checkpoint_key)
+            continue
+        key = attr.checkpoint_key
+        saved = (reader.shapes.get(key), reader.dtypes.get(key))
+        live_shape, live_dtype = tuple(obj.shape), tf.as_dtype(obj.dtype)
+        matched.add(id(obj))
+        if saved[0] is None or tuple(saved[0]) != live_shape or saved[1] != live_dtype:
+            match.shapes.append(
+                f"{_name(obj)}: checkpoint {tuple(saved[0] or ())} "
+                f"{getattr(saved[1], 'name', '?')}, model {live_shape} {live_dtype.name}"
+            )
+            continue
+        match.pairs.append((obj, key))
+    match.missing.extend(
+        f"{_name(v)} {tuple(v.shape)}" for i, v in wanted.items() if i not in matched
+    )
+
+
+def restore_into(
+    model: Any, prefix: str, *, strict: bool, optimizer: bool = True, stacklevel: int = 3
+) -> bool:
+    """Restores checkpoint `prefix` into `model`; see `keras_ckpt.loader.restore`.
+
+    Args:
+        model: A built Keras model.
+        prefix: A resolved checkpoint prefix.
+        strict: Any model-variable mismatch raises (and nothing changes).
+        optimizer: Also restore the optimizer state when the model is compiled and the
+            checkpoint has one (False for evaluation, which never needs it).
+        stacklevel: For the warnings, so they point at the user's call.
+
+    Returns:
+        True if the optimizer state was restored.
+    """
+    reader = CheckpointReader(prefix)
+    if reader.graph is None:
+        raise CheckpointMismatchError(
+            f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
+            "to a Keras model."
+        )
+    if not getattr(model, "built", True) or not model.variables:
+        raise ValueError(
+            "`model` must be built before restoring (call it on a batch, or give it an "
+            f"Input). Received an unbuilt {type(model).__name__}."
+        )
+    graph = reader.graph
+    model_node = _root_child(graph, "model")
+    if model_node is None:
+        roots = ", ".join(r.local_name for r in graph.nodes[0].children) or "none"
+        raise CheckpointMismatchError(
+            f"{prefix} was not written as tf.train.Checkpoint(model=...): its root objects are "
+            f"{roots}. Read it with tf.train.Checkpoint({roots.split(', ')[0]}=model) instead."
+        )
+    seen: set[int] = set()
+    model_side = _walk(graph, model_node, model, skip="optimizer", seen=seen)
+    match = _Match()
+    _pair(graph, model_side, reader, {id(v): v for v in model.variables}, match)
+
+    live_optimizer = getattr(model, "optimizer", None) if optimizer else None
+    opt_node = _root_child(graph, "optimizer", model_node)
+    opt_pairs: list[tuple[Any, str]] = []
+    opt_problems: list[str] = []
+    if live_optimizer is not None and opt_node is not None:
+        if not getattr(live_optimizer, "built", True):
+            live_optimizer.build(model.trainable_variables)
+        opt_match = _Match()
+        opt_side = _walk(graph, opt_node, live_optimizer, skip=None, seen=seen)
+        wanted = {id(v): v for v in live_optimizer.variables}
+        _pair(graph, opt_side, reader, wanted, opt_match)
+        opt_pairs, opt_problems = opt_match.pairs, opt_match.problems
+
+    problems = match.problems
+    if problems and strict:
+        raise CheckpointMismatchError(
+            f"{prefix} does not match the model; nothing was restored.\n  "
+            + "\n  ".join(problems)
+            + "\nRebuild the model as it was saved, or pass strict=False to restore only the "
+            "variables whose path and shape match."
+        )
+    if problems:
+        warnings.warn(
+            f"restore(strict=False) from {prefix} skipped: " + "; ".join(problems),
+            stacklevel=stacklevel,
+        )
+    if opt_problems:
+        warnings.warn(
+            f"The optimizer state in {prefix} does not fit the model's optimizer and was not "
+            "restored (" + "; ".join(opt_problems) + "); training continues with a fresh one.",
+            stacklevel=stacklevel,
+        )
+        opt_pairs = []
+    pairs = match.pairs + opt_pairs
+    values = reader.read([key for _, key in pairs])
+    for (variable, _), value in zip(pairs, values, strict=True):
+        variable.assign(value)
+    return bool(opt_pairs)

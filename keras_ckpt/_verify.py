@@ -1,0 +1,128 @@
+"""`verify`: read checkpoints end to end and report every problem, one line per file.
+
+Each line reads `<file>: <what is wrong>`. For a checkpoint: its record (`ckpt-N.json`) must
+parse and name its own step, every file it lists must be there with the recorded size, the
+index must open, and every tensor must read back (TensorFlow checks each tensor's CRC32C, so
+flipped bytes are found as well as truncation). For a directory, additionally: the
+`checkpoint` state file must parse and name only checkpoints whose index exists, and
+`model.json` must parse. Nothing is written.
+
+Leftovers of an interrupted save (a record without an index, `.tmp-*` folders) are not
+problems: they were never kept, every earlier checkpoint is intact, and the next run removes
+them.
+"""
+
+from __future__ import annotations
+
+import json
+
+from keras_ckpt import _fs
+from keras_ckpt._reader import CheckpointReader, describe
+from keras_ckpt.directory import STATE, parse_state, scan
+from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of
+
+_BATCH_BYTES = 64 << 20  # read at most this much per RestoreV2 call
+
+
+def _record_problems(prefix: str) -> tuple[list[str], bool]:
+    """Problems of the record and of the file sizes it lists; and whether to read further."""
+    record = prefix + ".json"
+    if not _fs.exists(record):
+        return [], True
+    try:
+        info, fields = from_json(_fs.read_text(record), prefix)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        return [f"{record}: not a valid checkpoint record ({exc})"], True
+    lines = []
+    name = _fs.basename(prefix)
+    if step_of(name) is not None and prefix_name(info.step) != name:
+        lines.append(f"{record}: records step {info.step}, but belongs to {name}")
+    files = fields.get("files")
+    if not isinstance(files, dict) or not files:
+        return [*lines, f"{record}: lists no files"], True
+    directory = _fs.dirname(prefix)
+    sizes_ok = True
+    for fname, expected in sorted(files.items()):
+        path = _fs.join(directory, fname)
+        if not _fs.exists(path):
+            lines.append(f"{path}: missing (listed in {_fs.basename(record)})")
+            sizes_ok = False
+            continue
+        actual = _fs.size(path)
+        if actual != expected:
+            lines.append(f"{path}: {actual} bytes, expected {expected} (truncated or altered)")
+            sizes_ok = False
+    return lines, sizes_ok
+
+
+def _batches(reader: CheckpointReader) -> list[list[str]]:
+    out: list[list[str]] = []
+    size = _BATCH_BYTES
+    for key in reader.variable_keys():
+        nbytes = reader.nbytes(key)
+        if not out or size + nbytes > _BATCH_BYTES:
+            out.append([])
+            size = 0
+        out[-1].append(key)
+        size += nbytes
+    return out
+
+
+def verify_prefix(prefix: str) -> list[str]:
+    """The problems of one checkpoint (`[]` if it reads back intact)."""
+    lines, sizes_ok = _record_problems(prefix)
+    index = prefix + ".index"
+    if not _fs.exists(index):
+        return [*lines, f"{index}: missing"]
+    if not sizes_ok:
+        return lines  # TensorFlow would only fail again on the same files
+    try:
+        reader = CheckpointReader(prefix)
+        for keys in _batches(reader):
+            reader.read(keys)
+    except CheckpointCorruptError as exc:
+        lines.append(describe(prefix, exc))
+    return lines
+
+
+def _state_problems(directory: str, reported: set[str]) -> list[str]:
+    path = _fs.join(directory, STATE)
+    if not _fs.exists(path):
+        return []
+    try:
+        fields = parse_state(_fs.read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return [f"{path}: unreadable ({exc})"]
+    names = fields.get("model_checkpoint_path", []) + fields.get("all_model_checkpoint_paths", [])
+    present = set(_fs.list_dir(directory))
+    lines = []
+    for name in dict.fromkeys(names):  # in order, once each
+        if "/" in name or "\\" in name or name in reported:
+            continue  # paths outside the directory are not ours to judge
+        if f"{name}.index" not in present:
+            lines.append(f"{path}: names {name}, but {name}.index does not exist")
+    return lines
+
+
+def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
+    """The problems of every checkpoint of `directory` (kept and damaged) and its metadata."""
+    found = scan(directory)
+    prefixes = {info.path: info.step for info in kept}
+    for name in found.damaged:
+        prefixes[_fs.join(directory, name)] = step_of(name) or 0
+    lines: list[str] = []
+    reported: set[str] = set()
+    for prefix in sorted(prefixes, key=lambda p: (prefixes[p], p)):
+        problems = verify_prefix(prefix)
+        if problems:
+            reported.add(_fs.basename(prefix))
+        lines += problems
+    lines += _state_problems(directory, reported)
+    model_json = _fs.join(directory, "model.json")
+    if _fs.exists(model_json):
+        try:
+            json.loads(_fs.read_text(model_json))
+        except (ValueError, UnicodeDecodeError) as exc:
+            lines.append(f"{model_json}: not valid JSON ({exc})")
+    return lines
