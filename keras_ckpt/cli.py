@@ -101,8 +101,14 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     prefix = _checkpoint(args.checkpoint)
+    out = _fs.fspath(args.out)
+    if _fs.exists(out) and (not _fs.isdir(out) or _fs.list_dir(out)):
+        raise _Exit(f"{out} already exists and is not an empty directory: choose a new one", 2)
     _quiet_tensorflow()
-    out = loader.export_saved_model(prefix, args.out)
+    try:
+        out = loader.export_saved_model(prefix, out)
+    except ValueError as exc:  # model.json refused (it would run code) or not rebuildable
+        raise _Exit(str(exc), 1) from None
     print(f"exported {prefix} to {out} (a SavedModel: keras_ckpt.load_saved_model or serving)")
     return 0
 

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import matplotlib.image
+import numpy as np
 import pytest
 import tensorflow as tf
-from digits_run import train_digits
+from digits_run import build_classifier, digits, train_digits
 
-from keras_ckpt import list_checkpoints
+from keras_ckpt import list_checkpoints, load_saved_model, restore
 from keras_ckpt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +50,9 @@ COMMANDS = {
     "list": ["list", "{run}/best"],
     "inspect": ["inspect", "{run}/best"],
     "plot": ["plot", "{run}/last", "-o", "{out}/last.png"],
+    "verify": ["verify", "{run}/best"],
+    "verify_damaged": ["verify", "{out}/damaged"],
+    "export": ["export", "{run}/best", "{out}/export/1"],
     "list_missing": ["list", "{run}/no-such-dir"],
     "inspect_bad_option": ["inspect", "{run}/best", "--bogus"],
 }
@@ -64,7 +68,10 @@ def run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def ran(run, tmp_path_factory) -> dict[str, Ran]:
     out = tmp_path_factory.mktemp("out")
-    (out / "empty").mkdir()
+    shutil.copytree(run / "last", out / "damaged")
+    data = sorted((out / "damaged").glob("ckpt-*.data-*"))[0]
+    sizes = {data.name: data.stat().st_size}
+    data.write_bytes(data.read_bytes()[:100])  # a truncated data file
     procs = {
         name: subprocess.Popen(
             _console_script() + [a.format(run=run, out=out) for a in args],
@@ -77,6 +84,7 @@ def ran(run, tmp_path_factory) -> dict[str, Ran]:
     }
     results = {name: Ran(proc) for name, proc in procs.items()}
     results["out"] = out  # type: ignore[assignment]
+    results["sizes"] = sizes  # type: ignore[assignment]
     return results
 
 
@@ -180,6 +188,48 @@ def test_wrong_paths_and_arguments_print_one_line_and_exit_non_zero(ran, run, na
 # no separate process.
 
 
+def test_verify_passes_an_intact_directory(ran, run):
+    assert ran["verify"].code == 0, ran["verify"].err
+    assert ran["verify"].out == f"{run}/best: 2 checkpoints intact\n"
+
+
+def test_verify_names_each_damaged_file_and_exits_1(ran):
+    result, out = ran["verify_damaged"], ran["out"]
+    ((name, size),) = ran["sizes"].items()
+    assert result.code == 1
+    assert result.out.splitlines() == [
+        f"{out}/damaged/{name}: 100 bytes, expected {size} (truncated or altered)",
+        f"{out}/damaged: 1 problem found",
+    ]
+    assert "Traceback" not in result.err
+
+
+def test_export_writes_a_saved_model_that_predicts_like_the_checkpoint(ran, run):
+    result, target = ran["export"], ran["out"] / "export" / "1"
+    latest = list_checkpoints(run / "best")[-1].path
+    assert result.code == 0, result.err
+    assert result.out.splitlines() == [
+        f"exported {latest} to {target} (a SavedModel: keras_ckpt.load_saved_model or serving)"
+    ]
+    assert (target / "saved_model.pb").exists()
+    x, _, x_val, _ = digits()
+    reference = build_classifier(seed=1)
+    restore(reference, latest)
+    served = load_saved_model(target).predict(x_val, verbose=0)
+    np.testing.assert_allclose(served, reference.predict(x_val, verbose=0), atol=1e-6)
+
+
+def test_export_refuses_a_non_empty_target(run, tmp_path, capsys):
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    assert main(["export", str(run / "best"), str(tmp_path / "taken")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"keras-ckpt export: error: {tmp_path}/taken already exists and is not an empty "
+        "directory: choose a new one"
+    ]
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+
 def test_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--help"])
@@ -214,6 +264,17 @@ def test_list_ranks_by_the_chosen_monitor(run, capsys):
     ("args", "code", "message"),
     [
         (["list", "{tmp}"], 1, "keras-ckpt list: error: {tmp} holds no checkpoints"),
+        (
+            ["inspect", "{tmp}"],
+            1,
+            "keras-ckpt inspect: error: {tmp} holds no complete checkpoint "
+            "(see `keras-ckpt verify {tmp}`)",
+        ),
+        (
+            ["export", "{tmp}/nope", "{tmp}/out"],
+            2,
+            "keras-ckpt export: error: no such checkpoint or directory: {tmp}/nope",
+        ),
         (
             ["inspect"],
             2,
