@@ -23,6 +23,7 @@ from keras_ckpt.errors import (
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.loader import (
     best_checkpoint,
+    evaluate_checkpoints,
     export_saved_model,
     export_weights_h5,
     latest_checkpoint,
@@ -66,6 +67,7 @@ __all__ = [
     "load_model",
     "export_saved_model",
     "load_saved_model",
+    "evaluate_checkpoints",
     "export_weights_h5",
     "verify",
     "CheckpointError",

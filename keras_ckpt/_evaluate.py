@@ -1,0 +1,99 @@
+"""The loop behind `evaluate_checkpoints`: one model, each checkpoint restored in turn.
+
+Keras traces its evaluation function once per model, so restoring into one model (instead
+of building one per checkpoint) saves a trace per checkpoint. Numpy `(x, y)` data is also
+turned into a batched `tf.data.Dataset` once, as Keras would on every `evaluate` call (same
+batches in the same order, floats cast to `floatx` as Keras does), which saves Keras'
+per-call input pipeline.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_ckpt._reader import describe
+from keras_ckpt._restore import restore_into
+from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt.info import CheckpointInfo
+
+_KERAS_DEFAULT_BATCH = 32
+
+
+def split_data(data: Any, batch_size: int | None) -> tuple[Any, Any, Any]:
+    """`(x, y, sample_weight)` of `data`; a dataset comes back as `(dataset, None, None)`."""
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive integer or None. Received: batch_size={batch_size!r}"
+        )
+    if isinstance(data, tf.data.Dataset):
+        if batch_size is not None:
+            raise ValueError(
+                "`batch_size` must be None when `data` is a tf.data.Dataset (batch the "
+                f"dataset instead). Received: batch_size={batch_size!r}"
+            )
+        return data, None, None
+    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
+        return data[0], data[1], (data[2] if len(data) == 3 else None)
+    raise ValueError(
+        "`data` must be a tuple (x, y), (x, y, sample_weight) or a tf.data.Dataset. "
+        f"Received: data of type {type(data).__name__}"
+    )
+
+
+def _batched_once(x: Any, y: Any, sample_weight: Any, batch_size: int | None) -> Any:
+    """A dataset of the batches Keras would make from numpy arrays, or None to let Keras do it."""
+    parts = [p for p in (x, y, sample_weight) if p is not None]
+    if y is None or not all(isinstance(p, np.ndarray) and p.ndim > 0 for p in parts):
+        return None
+    if len({len(p) for p in parts}) != 1:
+        return None  # Keras raises its own clear error about the lengths
+    floatx = keras.config.floatx()
+    parts = [p.astype(floatx) if p.dtype.kind == "f" and p.dtype != floatx else p for p in parts]
+    return tf.data.Dataset.from_tensor_slices(tuple(parts)).batch(
+        batch_size or _KERAS_DEFAULT_BATCH
+    )
+
+
+def evaluate_each(
+    model: Any,
+    kept: Sequence[CheckpointInfo],
+    data: Any,
+    batch_size: int | None,
+    verbose: int,
+) -> list[dict[str, Any]]:
+    """Restores each of `kept` into `model` (no optimizer state) and evaluates it."""
+    x, y, sample_weight = split_data(data, batch_size)
+    batches = _batched_once(x, y, sample_weight, batch_size)
+    if batches is not None:
+        x, y, sample_weight, batch_size = batches, None, None, None
+    bar = None
+    if verbose:
+        bar = keras.utils.Progbar(len(kept), unit_name="checkpoint", stateful_metrics=["loss"])
+    rows: list[dict[str, Any]] = []
+    for n, info in enumerate(kept, 1):
+        try:
+            restore_into(model, info.path, strict=True, optimizer=False, stacklevel=4)
+        except CheckpointCorruptError as exc:
+            warnings.warn(
+                f"evaluate_checkpoints skipped {info.path}, which is damaged "
+                f"({describe(info.path, exc)}).",
+                stacklevel=3,
+            )
+            continue
+        logs = model.evaluate(
+            x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0, return_dict=True
+        )
+        row: dict[str, Any] = {"path": info.path, "step": info.step, "epoch": info.epoch}
+        row.update((k, float(v)) for k, v in logs.items())
+        rows.append(row)
+        if bar is not None:
+            bar.update(n, values=[("loss", row["loss"])] if "loss" in row else None)
+    return rows
