@@ -54,10 +54,10 @@ def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 
 def _metric_names(history: Sequence[dict[str, Any]], kept: Sequence[CheckpointInfo]) -> list[str]:
+    """Metrics of the epoch lines and of the checkpoints (`val_*` of a callback's own
+    `validation_data`, or a custom loop's `save(metrics=...)`, are only in the latter)."""
     names = {k for r in history for k, v in r.items() if k not in _NOT_METRICS and _is_num(v)}
-    if not history:
-        names |= {k for i in kept for k in i.metrics}
-    return sorted(names)
+    return sorted(names | {k for i in kept for k in i.metrics})
 
 
 def _is_num(value: object) -> bool:
@@ -113,7 +113,7 @@ def _draw(ax: Any, run: _Run, metrics: Sequence[str], monitor: str | None, mode:
     kept_steps = {i.step for i in run.kept}
     for name in metrics:
         points = [(r["step"], r[name]) for r in run.history if _is_num(r.get(name))]
-        if not points:  # no epoch lines (a custom loop): the checkpoints are the series
+        if not points:  # not logged per epoch: the kept checkpoints are the series
             points = [(i.step, i.metrics[name]) for i in run.kept if name in i.metrics]
         (curve,) = ax.plot(*zip(*points, strict=True), marker=".", label=name, gid=name)
         ringed = [(i.step, i.metrics[name]) for i in run.kept if _finite(i.metrics.get(name))]

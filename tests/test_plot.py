@@ -10,9 +10,10 @@ import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from conftest import tiny_model  # noqa: E402
 from digits_run import train_digits  # noqa: E402
 
-from keras_ckpt import CheckpointNotFoundError, list_checkpoints  # noqa: E402
+from keras_ckpt import BestCheckpoint, CheckpointNotFoundError, list_checkpoints  # noqa: E402
 from keras_ckpt.plot import history_figure, plot_history, read_history  # noqa: E402
 
 
@@ -70,6 +71,24 @@ def test_history_figure_has_one_panel_per_metric_family_and_saves_a_real_png(run
     pixels = matplotlib.image.imread(out)
     assert pixels.shape[0] > 100 and pixels.shape[1] > 100
     assert pixels[..., :3].std() > 0.05  # curves drawn, not a blank canvas
+
+
+def test_a_metric_only_the_checkpoints_recorded_is_drawn_from_them(tmp_path, data):
+    # BestCheckpoint's own validation_data: val_loss exists at save points, not per epoch.
+    x, y = data
+    cb = BestCheckpoint(tmp_path / "b", save_freq=2, keep_best=2, validation_data=(x, y))
+    tiny_model().fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)
+    kept = list_checkpoints(tmp_path / "b")
+    assert all("val_loss" not in r for r in read_history(tmp_path / "b"))
+
+    fig, ax = plt.subplots()
+    lines = _by_gid(plot_history(tmp_path / "b", ["loss", "val_loss"], ax=ax))
+    np.testing.assert_array_equal(lines["val_loss"].get_xdata(), [i.step for i in kept])
+    np.testing.assert_array_equal(
+        lines["val_loss"].get_ydata(), [i.metrics["val_loss"] for i in kept]
+    )
+    assert len(lines["loss"].get_xdata()) == 2  # one point per epoch, from history.jsonl
+    plt.close(fig)
 
 
 def test_unknown_metric_names_the_logged_ones(run):
