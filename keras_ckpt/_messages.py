@@ -71,10 +71,18 @@ def _protects(policy: KeepPolicy) -> str:
     if isinstance(policy, KeepBest):
         return f"the {policy.k} best by {policy.monitor}"
     if isinstance(policy, KeepEveryNHours):
-        return f"one per {policy.h:g} hours"
+        return f"one kept per {_duration(policy.h)}"
     if isinstance(policy, KeepAll):
         return "all"
     return repr(policy)
+
+
+def _duration(hours: float) -> str:
+    """`6 hours`, `30 minutes`, `1.5 seconds`."""
+    for unit, size in (("hours", 1.0), ("minutes", 1 / 60), ("seconds", 1 / 3600)):
+        if hours >= size or unit == "seconds":
+            return f"{hours / size:g} {unit}"
+    raise AssertionError("unreachable")
 
 
 def deleted_line(label: str, gone: CheckpointInfo, policies: Sequence[KeepPolicy]) -> str:

@@ -122,3 +122,14 @@ def test_history_records_the_step_and_every_save_of_each_epoch(tmp_path, data):
     assert [r["saved"] for r in records] == [[2, 4], [6, 8], [10, 12]]  # deleted ones too
     assert all(np.isfinite(r["loss"]) and r["time"] > 0 for r in records)
     assert sorted(p.name for p in (tmp_path / "last").glob("ckpt-*.index")) == ["ckpt-12.index"]
+
+
+def test_deletion_line_names_every_keep_policy_in_plain_units(tmp_path, data, capsys):
+    x, y = data
+    cb = RotatingCheckpoint(tmp_path / "r", max_to_keep=1, keep_every_n_hours=0.5, verbose=1)
+    tiny_model().fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)
+    deleted = [line for line in _lines(capsys) if "deleted" in line]
+    assert deleted == [
+        f"Epoch 2: deleted {tmp_path / 'r'}/ckpt-4 (not among the 1 newest or one kept per "
+        "30 minutes)"
+    ]
