@@ -19,7 +19,12 @@ from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-EXPECTED = ["1_quickstart.ipynb"]
+EXPECTED = [
+    "1_quickstart.ipynb",
+    "2_evaluate_every_n_steps.ipynb",
+    "3_load_without_model_code.ipynb",
+    "4_long_runs.ipynb",
+]
 
 
 def test_the_notebooks_are_there_and_committed_without_outputs():
