@@ -125,11 +125,11 @@ def _groups(reader: CheckpointReader) -> dict[str, list[_Variable]]:
     keys = reader.variable_keys()
 
     def variable(key: str, name: str) -> _Variable:
-        shape, dtype = reader.shapes[key], reader.dtypes[key]
+        shape = tuple(reader.shapes[key])
         count = 1
         for dim in shape:
             count *= dim
-        return _Variable(name, tuple(shape), dtype.name, count, count * dtype.size)
+        return _Variable(name, shape, reader.dtypes[key].name, count, reader.nbytes(key))
 
     graph = reader.graph
     if graph is None:  # a name-based (TF1) checkpoint: keys are the names
