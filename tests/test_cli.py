@@ -334,3 +334,20 @@ def test_list_reports_a_damaged_checkpoint_it_leaves_out(run, tmp_path, capsys):
     assert out[0] == f"{copy}: 1 checkpoint, best by val_loss (min)"
     assert out[-1].startswith(f"damaged, not listed: {damaged.name}: {data.name} is 100 bytes")
     assert out[-1].endswith(f"(see `keras-ckpt verify {copy}`)")
+
+
+def test_list_and_inspect_read_a_plain_tf_checkpoint_manager_directory(tmp_path, capsys):
+    model = build_classifier()
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), tmp_path, 2)
+    paths = [manager.save(checkpoint_number=n) for n in (10, 20)]
+
+    assert main(["list", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"{tmp_path}: 2 checkpoints, no metric to rank"
+    assert [line.split()[:2] for line in lines[2:]] == [["10", "-"], ["20", "-"]]
+    assert lines[-1].endswith("latest")
+
+    assert main(["inspect", paths[-1]]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{paths[-1]}: step 20, saved ")
+    assert "(64, 32)  float32  8,192" in out  # body/kernel, read through the object graph
