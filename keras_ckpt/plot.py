@@ -243,8 +243,9 @@ def history_figure(
         mode: `"min"`, `"max"` or `"auto"` for `monitor`.
 
     Returns:
-        A `matplotlib.figure.Figure` (not attached to pyplot: `fig.savefig("run.png")`;
-        a notebook shows it when it is a cell's last value).
+        A `matplotlib.figure.Figure`, not attached to pyplot (nothing accumulates in
+        scripts): `fig.savefig("run.png")`; in a notebook with `%matplotlib inline` it is
+        shown when it is a cell's last value.
 
     Raises:
         CheckpointNotFoundError: no such directory, or nothing in it to plot.
