@@ -72,18 +72,26 @@ def list_report(directory: str, monitor: str | None = None, mode: str = "auto") 
     """The lines of `keras-ckpt list`: a heading, a table (best and latest marked), notes.
 
     Returns an empty list when the directory holds no checkpoint (nor a damaged one).
+
+    Raises:
+        ValueError: `monitor` was given and no checkpoint recorded it.
     """
     kept = list_checkpoints(directory)
     found = scan(directory)
     if not kept and not found.damaged:
         return []
-    monitor = monitor or default_monitor(kept)
-    best = KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
     # Keras' order: loss, the other training metrics, then the same for validation.
     metrics = sorted(
         {k for i in kept for k in i.metrics},
         key=lambda n: (n.startswith("val_"), n.removeprefix("val_") != "loss", n),
     )
+    if monitor is not None and kept and monitor not in metrics:
+        raise ValueError(
+            f"no checkpoint in {directory} recorded {monitor!r}; recorded metrics: "
+            f"{', '.join(metrics) or 'none'}"
+        )
+    monitor = monitor or default_monitor(kept)
+    best = KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
     files = _fs.list_dir(directory)
     rows = [["step", "epoch", *metrics, "size", "saved", ""]]
     for info in kept:

@@ -72,7 +72,10 @@ def _checkpoint(path: str) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     directory = _directory(args.directory)
-    lines = _report.list_report(directory, args.monitor, args.mode)
+    try:
+        lines = _report.list_report(directory, args.monitor, args.mode)
+    except ValueError as exc:  # a --monitor no checkpoint recorded
+        raise _Exit(str(exc), 2) from None
     if not lines:
         raise _Exit(f"{directory} holds no checkpoints", 1)
     print("\n".join(lines))

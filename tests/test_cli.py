@@ -295,6 +295,14 @@ def test_usage_errors_are_one_line_with_exit_code(tmp_path, capsys, args, code, 
     assert captured.out == ""
 
 
+def test_list_with_a_monitor_nobody_recorded_is_a_usage_error(run, capsys):
+    assert main(["list", str(run / "best"), "--monitor", "val_f1"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"keras-ckpt list: error: no checkpoint in {run}/best recorded 'val_f1'; recorded "
+        "metrics: loss, accuracy, val_loss, val_accuracy"
+    ]
+
+
 def test_plot_unknown_metric_is_a_usage_error(run, tmp_path, capsys):
     assert main(["plot", str(run / "best"), "-o", str(tmp_path / "x.png"), "--metric", "f1"]) == 2
     err = capsys.readouterr().err.splitlines()
