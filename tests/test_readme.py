@@ -10,6 +10,14 @@
   and ``; echo "exit code $?"`` must print the exit code shown.
 - ``.. code-block:: text`` blocks are signatures, and ``::`` blocks shell commands or sample
   output; neither is run here (CI runs the test command itself).
+
+Blocks that need more than the README shows are marked in the README itself, with RST
+comments (invisible when rendered):
+
+- ``.. readme-test: setup`` followed by an indented body: Python run (unseen by readers)
+  before the next block, e.g. to define a ``make_dataset`` the sample takes for granted;
+- ``.. readme-test: skip -- <reason>`` right before a block: that block is not run (a
+  cluster, a cloud bucket); the reason is required.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import re
 import shlex
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -26,25 +35,46 @@ from keras_ckpt.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 _START = re.compile(r"^\.\. code-block:: (\w+)\s*$")
+_SETUP = re.compile(r"^\.\. readme-test: setup\s*$")
+_SKIP = re.compile(r"^\.\. readme-test: skip\b(?: -- )?(.*)$")
 _EXIT = '; echo "exit code $?"'
 
 
-def code_blocks(text: str) -> list[tuple[str, str, int]]:
-    """(language, code, line number) of each ``.. code-block::`` in `text`, in order."""
+@dataclass
+class Block:
+    language: str  # python, console, text, or "setup" (hidden Python)
+    code: str
+    line: int  # of the first line of code, in the README
+    skip: str | None = None  # why it is not run
+
+
+def code_blocks(text: str) -> list[Block]:
+    """The ``.. code-block::`` and ``.. readme-test: setup`` blocks of `text`, in order."""
     lines = text.splitlines()
-    blocks = []
+    blocks: list[Block] = []
+    skip = None
     i = 0
     while i < len(lines):
-        match = _START.match(lines[i])
+        line = lines[i]
         i += 1
+        marked = _SKIP.match(line)
+        if marked:
+            skip = marked.group(1).strip()
+            assert skip, f"README.rst line {i}: say why the block is skipped"
+            continue
+        match = _START.match(line) or _SETUP.match(line)
         if not match:
             continue
+        language = match.group(1) if match.re is _START else "setup"
         while i < len(lines) and (not lines[i].strip() or lines[i].lstrip().startswith(":")):
             i += 1
         start = i
         while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
             i += 1
-        blocks.append((match.group(1), textwrap.dedent("\n".join(lines[start:i])), start + 1))
+        code = textwrap.dedent("\n".join(lines[start:i]))
+        blocks.append(Block(language, code, start + 1, skip if language != "setup" else None))
+        if language != "setup":
+            skip = None
     return blocks
 
 
@@ -83,20 +113,22 @@ def test_every_readme_code_sample_runs(tmp_path, monkeypatch, capsys):
     matplotlib.use("Agg")
     monkeypatch.chdir(tmp_path)
     blocks = code_blocks((ROOT / "README.rst").read_text())
-    languages = [language for language, _, _ in blocks]
-    assert languages.count("python") >= 10 and languages.count("console") >= 4
+    run = [b.language for b in blocks if b.skip is None]
+    assert run.count("python") >= 10 and run.count("console") >= 4
     namespace: dict[str, object] = {"__name__": "readme"}
-    for language, code, line in blocks:
-        where = f"README.rst line {line}"
-        if language == "python":
+    for block in blocks:
+        where = f"README.rst line {block.line}"
+        if block.skip is not None:
+            continue
+        if block.language in ("python", "setup"):
             # Padded so that a traceback points at the README's own line numbers.
-            source = "\n" * (line - 1) + code
+            source = "\n" * (block.line - 1) + block.code
             exec(compile(source, str(ROOT / "README.rst"), "exec"), namespace)  # noqa: S102
             capsys.readouterr()
-        elif language == "console":
-            _run_console(code, where, capsys)
+        elif block.language == "console":
+            _run_console(block.code, where, capsys)
         else:
-            assert language == "text", f"{where}: unknown block language {language}"
+            assert block.language == "text", f"{where}: unknown block language"
     # what the samples say they write is there
     for path in ("runs/best", "runs/last", "export/digits/1", "last.png", "best.png"):
         assert (tmp_path / path).exists(), path
@@ -104,7 +136,25 @@ def test_every_readme_code_sample_runs(tmp_path, monkeypatch, capsys):
 
 def test_code_blocks_are_found_with_their_indented_body():
     text = "Intro\n\n.. code-block:: python\n\n    a = 1\n\n    b = a\n\nAfter\n"
-    assert code_blocks(text) == [("python", "a = 1\n\nb = a\n", 5)]
+    assert code_blocks(text) == [Block("python", "a = 1\n\nb = a\n", 5)]
+
+
+def test_setup_and_skip_markers_apply_to_the_next_block():
+    text = (
+        ".. readme-test: setup\n\n    data = [1, 2]\n\n"
+        ".. code-block:: python\n\n    total = sum(data)\n\n"
+        ".. readme-test: skip -- needs a TPU\n\n"
+        ".. code-block:: python\n\n    tpu()\n\n"
+        ".. code-block:: python\n\n    print(total)\n"
+    )
+    assert code_blocks(text) == [
+        Block("setup", "data = [1, 2]\n", 3),
+        Block("python", "total = sum(data)\n", 7),
+        Block("python", "tpu()\n", 13, skip="needs a TPU"),
+        Block("python", "print(total)", 17),
+    ]
+    with pytest.raises(AssertionError, match="say why"):
+        code_blocks(".. readme-test: skip\n\n.. code-block:: python\n\n    x()\n")
 
 
 @pytest.mark.parametrize(
