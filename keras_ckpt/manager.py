@@ -11,7 +11,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs
+from keras_ckpt import _dist, _fs, _messages
 from keras_ckpt._io import say
 from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
 from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
@@ -46,7 +46,8 @@ class CheckpointManager:
         async_save: If True, `save` only snapshots the variables; a background thread
             writes. At most one write is in flight; its error is raised by the next `save`,
             `wait` or `close`.
-        verbose: 1 prints one line per save and deletion.
+        verbose: 1 prints one line per save and deletion (`Step 500: saved
+            runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
 
     Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
     variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
@@ -90,6 +91,8 @@ class CheckpointManager:
         self.is_chief = _dist.is_chief(self._strategy)
         self._kept: list[CheckpointInfo] = []
         self._newest_step = -1
+        self._saved_since_log: list[int] = []
+        self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
         self._start = time.time()
         if self.is_chief:
             _fs.makedirs(self.directory)
@@ -140,12 +143,25 @@ class CheckpointManager:
 
     # -- saving ---------------------------------------------------------------------------------
 
-    def _auto_step(self) -> int:
+    def _optimizer_step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
-        if iterations is not None:
-            base = int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
-        else:
+        if iterations is None:
+            return None
+        return int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
+
+    def _current_step(self) -> int:
+        """The step training is at, numbered as a save would number it (no side effects)."""
+        base = self._optimizer_step()
+        if base is None:
+            return self._counter
+        if self._offset is not None:
+            return base + self._offset
+        return base + (self._newest_step if base < self._newest_step else 0)
+
+    def _auto_step(self) -> int:
+        base = self._optimizer_step()
+        if base is None:
             self._counter += 1
             base = self._counter
         if self._offset is None:
@@ -217,7 +233,17 @@ class CheckpointManager:
             self.model, save_optimizer=self.save_optimizer, copy=self.async_save
         )
         extra = self._record_extra()
+        lines = []
+        if self.verbose:
+            label = self._label or f"Step {info.step}"
+            lines.append(
+                _messages.saved_line(
+                    label, info, self._policies, self._kept, self._start, self.async_save
+                )
+            )
+            lines += [_messages.deleted_line(label, gone, self._policies) for gone in doomed]
         self._kept = kept
+        self._saved_since_log.append(info.step)
         start = self._start
 
         def job() -> None:
@@ -229,12 +255,9 @@ class CheckpointManager:
                     f"{self.directory} are intact; free space or fix the path, then save again."
                 ) from exc
             self._dir.write_state(kept, start)
-            if self.verbose:
-                say(self._saved_line(info))
             self._dir.delete(doomed)
-            if self.verbose:
-                for gone in doomed:
-                    say(f"keras_ckpt: deleted {gone.path}")
+            for line in lines:  # printed once true: after the commit and the deletions
+                say(line)
 
         if self.async_save:
             self._writer.submit(job)
@@ -245,11 +268,6 @@ class CheckpointManager:
                 self._reload()
                 raise
         return info
-
-    def _saved_line(self, info: CheckpointInfo) -> str:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
-        mode = " (in the background)" if self.async_save else ""
-        return f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else "")
 
     def _plan(self, step: int, values: dict[str, float], epoch: int | None) -> _Plan | None:
         """The new checkpoint, what stays and what goes; None if no keep policy wants it."""
@@ -328,10 +346,21 @@ class CheckpointManager:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def log_epoch(self, epoch: int, logs: dict[str, Any] | None) -> None:
-        """Appends one line of epoch logs to `history.jsonl` (chief only)."""
+        """Appends one line of epoch logs to `history.jsonl` (chief only).
+
+        The line holds `epoch` (epochs completed), `step` (the training step now, numbered
+        like the checkpoints), `time`, `saved` (the steps saved since the previous line,
+        kept or since deleted) and the metrics of `logs`.
+        """
         if not self.is_chief:
             return
-        record = {"epoch": int(epoch), "step": self._newest_step, "time": time.time()}
+        record: dict[str, Any] = {
+            "epoch": int(epoch),
+            "step": self._current_step(),
+            "time": time.time(),
+            "saved": self._saved_since_log,
+        }
+        self._saved_since_log = []
         record.update(clean_metrics(logs))
         self._dir.append_history(record)
 
