@@ -74,6 +74,33 @@ def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dic
     return found
 
 
+def _saveable_variables(model: Any) -> dict[int, Any]:
+    """The model's variables that a checkpoint can hold: those its object graph reaches.
+
+    Some Keras 3 state is in `model.variables` but not tracked for checkpoints (the seed of
+    a `Dropout` layer's SeedGenerator): TensorFlow never saves it, so it is never "missing".
+    """
+    wanted = {id(v): v for v in model.variables}
+    view = tf.train.TrackableView(model)
+    reached: dict[int, Any] = {}
+    seen = {id(model)}
+    queue = collections.deque([model])
+    while queue:
+        obj = queue.popleft()
+        try:
+            children = view.children(obj)
+        except Exception:  # an object TF cannot list holds nothing TF would save either
+            continue
+        for name, child in children.items():
+            if (obj is model and name == "optimizer") or id(child) in seen:
+                continue
+            seen.add(id(child))
+            if id(child) in wanted:
+                reached[id(child)] = child
+            queue.append(child)
+    return reached
+
+
 def _root_child(graph, name: str, node: int = 0) -> int | None:
     for ref in graph.nodes[node].children:
         if ref.local_name == name:
@@ -148,7 +175,7 @@ def restore_into(
     seen: set[int] = set()
     model_side = _walk(graph, model_node, model, skip="optimizer", seen=seen)
     match = _Match()
-    _pair(graph, model_side, reader, {id(v): v for v in model.variables}, match)
+    _pair(graph, model_side, reader, _saveable_variables(model), match)
 
     live_optimizer = getattr(model, "optimizer", None) if optimizer else None
     opt_node = _root_child(graph, "optimizer", model_node)

@@ -21,6 +21,8 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._io import say
+from keras_ckpt._messages import skipped_line
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -101,7 +103,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         save_on_train_end: Also save the final step when training ends (unless saved).
         save_optimizer: Store the optimizer's state (slots, iterations) for exact resume.
         async_save: Snapshot on the training thread, write in the background.
-        verbose: 1 prints one line per save and deletion.
+        verbose: 1 prints one line per save and deletion, Keras-style (`Epoch 3: saved
+            runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`); 2 also one line
+            per save point that saved nothing.
 
     Example:
         >>> cb = CheckpointCallback("runs/mix", save=EveryNSteps(100),
@@ -184,9 +188,9 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         self._last_logs = dict(logs or {})
-        self.manager.log_epoch(epoch + 1, logs)
         if self.save_policy.at_epoch(time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=True)
+        self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         if self.manager is None:
@@ -194,6 +198,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         try:
             if self.save_on_train_end:
                 metrics = {**self._last_logs, **(logs or {})}
+                self.manager._label = self._epoch_label(running=self._epochs_done)
                 self.manager.save(metrics=metrics, epoch=self._epochs_done)
         finally:
             self.close()
@@ -214,7 +219,20 @@ class CheckpointCallback(keras.callbacks.Callback):
         ):
             metrics.update(self._evaluate())
         self._check_monitors(metrics, epoch_end)
-        return self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        # Keras numbers epochs from 1: the one just finished, or the one in progress.
+        running = self._epochs_done if epoch_end else self._epochs_done + 1
+        self.manager._label = self._epoch_label(running)
+        before = self.manager.checkpoints
+        info = self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        if info is None and self.verbose > 1:
+            say(skipped_line(self.manager._label, metrics, self.keep, before))
+        return info
+
+    def _epoch_label(self, running: int) -> str:
+        """`Epoch 3` for verbose lines; on a new line while Keras draws a progress bar."""
+        progress_bar = self.params.get("verbose") in (1, "auto") if self.params else False
+        newline = "\n" if progress_bar and keras.config.is_interactive_logging_enabled() else ""
+        return f"{newline}Epoch {running}"
 
     def _check_monitors(self, metrics: dict[str, Any], epoch_end: bool) -> None:
         for policy in self.keep:
@@ -269,7 +287,8 @@ class BestCheckpoint(CheckpointCallback):
             `save_freq` ("evaluate every N iterations, keep the best").
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
-        verbose: 1 prints one line per save and deletion.
+        verbose: 1 prints one line per save and deletion; 2 also one per save point
+            where the monitor did not improve.
 
     Example:
         >>> cb = BestCheckpoint("runs/best", monitor="val_loss", keep_best=3)

@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _dist, _fs
+from keras_ckpt import _dist, _fs, _messages
 from keras_ckpt._io import say
 from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
 from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
@@ -69,7 +69,8 @@ class CheckpointManager:
         async_save: If True, `save` only snapshots the variables; a background thread
             writes. At most one write is in flight; its error is raised by the next `save`,
             `wait` or `close`.
-        verbose: 1 prints one line per save and deletion.
+        verbose: 1 prints one line per save and deletion (`Step 500: saved
+            runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
 
     Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
     variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
@@ -114,6 +115,8 @@ class CheckpointManager:
         self.is_chief = _dist.is_chief(self._strategy)
         self._kept: list[CheckpointInfo] = []
         self._newest_step = -1
+        self._saved_since_log: list[int] = []
+        self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
         self._start = time.time()
         if self.is_chief:
             _fs.makedirs(self.directory, durable=True)
@@ -166,12 +169,25 @@ class CheckpointManager:
 
     # -- saving ---------------------------------------------------------------------------------
 
-    def _auto_step(self) -> int:
+    def _optimizer_step(self) -> int | None:
         optimizer = getattr(self.model, "optimizer", None)
         iterations = getattr(optimizer, "iterations", None)
-        if iterations is not None:
-            base = int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
-        else:
+        if iterations is None:
+            return None
+        return int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
+
+    def _current_step(self) -> int:
+        """The step training is at, numbered as a save would number it (no side effects)."""
+        base = self._optimizer_step()
+        if base is None:
+            return self._counter
+        if self._offset is not None:
+            return base + self._offset
+        return base + (self._newest_step if base < self._newest_step else 0)
+
+    def _auto_step(self) -> int:
+        base = self._optimizer_step()
+        if base is None:
             self._counter += 1
             base = self._counter
         if self._offset is None:
@@ -246,7 +262,17 @@ class CheckpointManager:
             extra = self._record_extra()
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
+        lines = []
+        if self.verbose:
+            label = self._label or f"Step {info.step}"
+            lines.append(
+                _messages.saved_line(
+                    label, info, self._policies, self._kept, self._start, self.async_save
+                )
+            )
+            lines += [_messages.deleted_line(label, gone, self._policies) for gone in doomed]
         self._kept = kept
+        self._saved_since_log.append(info.step)
         start = self._start
 
         def job() -> None:
@@ -259,8 +285,6 @@ class CheckpointManager:
                     raise
             except Exception as exc:
                 raise self._save_failed(info, exc) from exc
-            if self.verbose:
-                say(self._saved_line(info))
             try:
                 self._dir.delete(doomed)
             except Exception as exc:
@@ -269,9 +293,8 @@ class CheckpointManager:
                     f"{_describe(exc)}. They are no longer in the state file; the next save "
                     "deletes them."
                 ) from exc
-            if self.verbose:
-                for gone in doomed:
-                    say(f"keras_ckpt: deleted {gone.path}")
+            for line in lines:  # printed once true: after the commit and the deletions
+                say(line)
 
         if self.async_save:
             self._writer.submit(job)
@@ -282,11 +305,6 @@ class CheckpointManager:
                 self._reload()
                 raise
         return info
-
-    def _saved_line(self, info: CheckpointInfo) -> str:
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in sorted(info.metrics.items()))
-        mode = " (in the background)" if self.async_save else ""
-        return f"keras_ckpt: saved {info.path}{mode}" + (f" [{shown}]" if shown else "")
 
     def _plan(
         self,
@@ -415,11 +433,22 @@ class CheckpointManager:
             shutil.rmtree(scratch, ignore_errors=True)
 
     def log_epoch(self, epoch: int, logs: dict[str, Any] | None) -> None:
-        """Appends one line of epoch logs to `history.jsonl` (chief only)."""
+        """Appends one line of epoch logs to `history.jsonl` (chief only).
+
+        The line holds `epoch` (epochs completed), `step` (the training step now, numbered
+        like the checkpoints), `time`, `saved` (the steps saved since the previous line,
+        kept or since deleted) and the metrics of `logs`.
+        """
         if not self.is_chief:
             return
         self._raise_background_error()  # a failed background save is news at every epoch end
-        record = {"epoch": int(epoch), "step": self._newest_step, "time": time.time()}
+        record: dict[str, Any] = {
+            "epoch": int(epoch),
+            "step": self._current_step(),
+            "time": time.time(),
+            "saved": self._saved_since_log,
+        }
+        self._saved_since_log = []
         record.update(clean_metrics(logs))
         try:
             self._dir.append_history(record)

@@ -208,17 +208,6 @@ def test_a_new_callback_takes_over_after_fit_died_with_an_exception(tmp_path):
     assert [i.step for i in again.checkpoints] == [4, 8, 12]
 
 
-def test_verbose_prints_one_line_per_save_and_deletion(tmp_path, capsys):
-    x, y = tiny_data()
-    cb = RotatingCheckpoint(tmp_path / "v", max_to_keep=1, verbose=1)
-    tiny_model().fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)
-    lines = [line for line in capsys.readouterr().out.splitlines() if "keras_ckpt" in line]
-    assert len(lines) == 3
-    assert "ckpt-4" in lines[0] and "saved" in lines[0]
-    assert "ckpt-8" in lines[1] and "saved" in lines[1]
-    assert "ckpt-4" in lines[2] and "deleted" in lines[2]
-
-
 def test_validation_data_as_dataset(tmp_path):
     x, y = tiny_data()
     val = tf.data.Dataset.from_tensor_slices(tiny_data(16, seed=3)).batch(8)

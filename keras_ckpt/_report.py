@@ -1,0 +1,213 @@
+"""Text reports for the `keras-ckpt` command line: the checkpoint table and a variable list.
+
+Pure reading and formatting over `loader` and `directory`; `cli` only parses and prints.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from keras_ckpt import _fs
+from keras_ckpt.directory import scan
+from keras_ckpt.info import CheckpointInfo
+from keras_ckpt.loader import CheckpointReader, info_of, list_checkpoints
+from keras_ckpt.policies import KeepBest, resolve_mode
+
+_VALUE = "VARIABLE_VALUE"
+
+
+def default_monitor(kept: Sequence[CheckpointInfo]) -> str | None:
+    """`val_loss` if the checkpoints recorded it, else `loss`, else None."""
+    for name in ("val_loss", "loss"):
+        if any(name in i.metrics for i in kept):
+            return name
+    return None
+
+
+def human_bytes(n: int) -> str:
+    """`512 B`, `14.2 KB`, `3.1 MB` (powers of 1024)."""
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(saved_at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(saved_at)) if saved_at else "-"
+
+
+def _number(value: float | None) -> str:
+    """Four decimals (aligned columns) for ordinary values, else scientific notation."""
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.3e}"
+
+
+def checkpoint_bytes(prefix: str, names: Sequence[str] | None = None) -> int:
+    """The bytes on disk of a checkpoint's `.index` and `.data-*` files."""
+    directory, base = _fs.dirname(prefix), _fs.basename(prefix)
+    names = _fs.list_dir(directory) if names is None else names
+    own = [n for n in names if n == f"{base}.index" or n.startswith(f"{base}.data-")]
+    return sum(_fs.size(_fs.join(directory, n)) for n in own)
+
+
+def _table(rows: list[list[str]], right: set[int]) -> list[str]:
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    out = []
+    for row in rows:
+        cells = [
+            cell.rjust(w) if c in right else cell.ljust(w)
+            for c, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
+
+
+def list_report(directory: str, monitor: str | None = None, mode: str = "auto") -> list[str]:
+    """The lines of `keras-ckpt list`: a heading, a table (best and latest marked), notes.
+
+    Returns an empty list when the directory holds no checkpoint (nor a damaged one).
+
+    Raises:
+        ValueError: `monitor` was given and no checkpoint recorded it.
+    """
+    kept = list_checkpoints(directory)
+    found = scan(directory)
+    if not kept and not found.damaged:
+        return []
+    # Keras' order: loss, the other training metrics, then the same for validation.
+    metrics = sorted(
+        {k for i in kept for k in i.metrics},
+        key=lambda n: (n.startswith("val_"), n.removeprefix("val_") != "loss", n),
+    )
+    if monitor is not None and kept and monitor not in metrics:
+        raise ValueError(
+            f"no checkpoint in {directory} recorded {monitor!r}; recorded metrics: "
+            f"{', '.join(metrics) or 'none'}"
+        )
+    monitor = monitor or default_monitor(kept)
+    best = KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
+    files = _fs.list_dir(directory)
+    rows = [["step", "epoch", *metrics, "size", "saved", ""]]
+    for info in kept:
+        marks = []
+        if best is not None and info.step == best.step:
+            marks.append("best")
+        if info is kept[-1]:
+            marks.append("latest")
+        rows.append(
+            [
+                str(info.step),
+                "-" if info.epoch is None else str(info.epoch),
+                *(_number(info.metrics.get(m)) for m in metrics),
+                human_bytes(checkpoint_bytes(info.path, files)),
+                _when(info.saved_at),
+                ", ".join(marks),
+            ]
+        )
+    how = f"best by {monitor} ({resolve_mode(monitor, mode)})" if best else "no metric to rank"
+    lines = [f"{directory}: {len(kept)} checkpoint{'s' * (len(kept) != 1)}, {how}"]
+    if kept:
+        lines += _table(rows, right={0, 1, *range(2, 3 + len(metrics))})
+    for name, why in sorted(found.damaged.items()):
+        lines.append(f"damaged, not listed: {name}: {why} (see `keras-ckpt verify {directory}`)")
+    return lines
+
+
+@dataclass
+class _Variable:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    count: int
+    nbytes: int
+
+
+def _groups(reader: CheckpointReader) -> dict[str, list[_Variable]]:
+    """Variables by owner (`model`, `optimizer`, `other`), in object-graph order."""
+    keys = reader.variable_keys()
+
+    def variable(key: str, name: str) -> _Variable:
+        shape = tuple(reader.shapes[key])
+        count = 1
+        for dim in shape:
+            count *= dim
+        return _Variable(name, shape, reader.dtypes[key].name, count, reader.nbytes(key))
+
+    graph = reader.graph
+    if graph is None:  # a name-based (TF1) checkpoint: keys are the names
+        return {"other": [variable(k, k) for k in keys]}
+    named: dict[str, str] = {}
+    order: list[str] = []
+    owner: dict[str, str] = {}
+
+    def walk(start: int, skip: str | None, group: str) -> None:
+        seen, queue = {start}, collections.deque([start])
+        while queue:
+            node = graph.nodes[queue.popleft()]
+            for attr in node.attributes:
+                if attr.name == _VALUE and attr.checkpoint_key not in owner:
+                    owner[attr.checkpoint_key] = group
+                    named[attr.checkpoint_key] = attr.full_name or attr.checkpoint_key
+                    order.append(attr.checkpoint_key)
+            for ref in node.children:
+                if ref.node_id not in seen and not (skip and ref.local_name == skip):
+                    seen.add(ref.node_id)
+                    queue.append(ref.node_id)
+
+    roots = {ref.local_name: ref.node_id for ref in graph.nodes[0].children}
+    if "model" in roots:
+        model = roots["model"]
+        walk(model, "optimizer", "model")
+        opt = [r.node_id for r in graph.nodes[model].children if r.local_name == "optimizer"]
+        if opt:
+            walk(opt[0], None, "optimizer")
+    walk(0, None, "other")
+    groups: dict[str, list[_Variable]] = {"model": [], "optimizer": [], "other": []}
+    for key in order:
+        groups[owner[key]].append(variable(key, named[key]))
+    for key in keys:
+        if key not in owner:
+            groups["other"].append(variable(key, key))
+    return groups
+
+
+def inspect_report(prefix: str) -> list[str]:
+    """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable."""
+    info = info_of(prefix)
+    reader = CheckpointReader(prefix)
+    groups = _groups(reader)
+    epoch = "" if info.epoch is None else f", epoch {info.epoch}"
+    lines = [
+        f"{prefix}: step {info.step}{epoch}, saved {_when(info.saved_at)}, "
+        f"{human_bytes(checkpoint_bytes(prefix))} on disk"
+    ]
+    if info.metrics:
+        lines.append("metrics: " + "  ".join(f"{k}={_number(v)}" for k, v in info.metrics.items()))
+    rows = [["variable", "shape", "dtype", "bytes"]]
+    summary = []
+    for group, variables in groups.items():
+        if not variables:
+            continue
+        rows.append([f"[{group}]", "", "", ""])
+        for v in variables:
+            rows.append([v.name, str(v.shape), v.dtype, f"{v.nbytes:,}"])
+        total = sum(v.nbytes for v in variables)
+        count = sum(v.count for v in variables)
+        summary.append(
+            f"{group}: {len(variables)} variables, {count:,} values, {human_bytes(total)}"
+        )
+    lines.append("")
+    lines += _table(rows, right={3})
+    everything = [v for vs in groups.values() for v in vs]
+    lines.append("")
+    lines.append(
+        "; ".join(summary)
+        + f"; total {len(everything)} variables, {human_bytes(sum(v.nbytes for v in everything))}"
+    )
+    return lines

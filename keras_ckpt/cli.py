@@ -1,0 +1,273 @@
+"""The `keras-ckpt` command line: list, inspect, verify, export and plot checkpoints.
+
+Exit codes: 0 done; 1 a checkpoint problem (verify found damage, no checkpoint where one was
+expected, an unreadable file, a failed export); 2 a wrong argument or a path that does not
+exist. Every error is one line on stderr, never a traceback (set `KERAS_CKPT_TRACEBACK=1` to
+see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from keras_ckpt import _fs, _report, loader
+from keras_ckpt.errors import CheckpointError
+
+__all__ = ["main"]
+
+PROG = "keras-ckpt"
+_EXIT_CODES = """exit codes:
+  0  done
+  1  a checkpoint problem (damage found, no checkpoint, unreadable file, failed export)
+  2  a wrong argument, or a path that does not exist"""
+
+
+class _Exit(Exception):
+    """Ends the command with one line on stderr and `code`."""
+
+    def __init__(self, message: str, code: int, prog: str = PROG) -> None:
+        super().__init__(message)
+        self.code = code
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse prints usage too; we print one line
+        raise _Exit(f"{message} (see `{self.prog} --help`)", 2, self.prog)
+
+
+# -- arguments that name files -------------------------------------------------------------------
+
+
+def _directory(path: str) -> str:
+    path = _fs.fspath(path)
+    if _fs.isdir(path):
+        return path
+    if _fs.exists(path + ".index"):
+        raise _Exit(f"{path} is a checkpoint, not a directory: try `{PROG} inspect {path}`", 2)
+    if _fs.exists(path):
+        raise _Exit(f"{path} is a file, not a checkpoint directory", 2)
+    raise _Exit(f"no such directory: {path}", 2)
+
+
+def _checkpoint(path: str) -> str:
+    """A checkpoint prefix, or the latest one of a directory."""
+    path = _fs.fspath(path)
+    if _fs.exists(path + ".index"):
+        return path
+    if _fs.isdir(path):
+        latest = loader.latest_checkpoint(path)
+        if latest is None:
+            raise _Exit(f"{path} holds no complete checkpoint (see `{PROG} verify {path}`)", 1)
+        return latest
+    raise _Exit(f"no such checkpoint or directory: {path}", 2)
+
+
+# -- commands -----------------------------------------------------------------------------------
+
+
+def _list(args: argparse.Namespace) -> int:
+    directory = _directory(args.directory)
+    try:
+        lines = _report.list_report(directory, args.monitor, args.mode)
+    except ValueError as exc:  # a --monitor no checkpoint recorded
+        raise _Exit(str(exc), 2) from None
+    if not lines:
+        raise _Exit(f"{directory} holds no checkpoints", 1)
+    print("\n".join(lines))
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    print("\n".join(_report.inspect_report(_checkpoint(args.checkpoint))))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    target = _fs.fspath(args.target)
+    if not (_fs.isdir(target) or _fs.exists(target + ".index")):
+        raise _Exit(f"no such checkpoint or directory: {target}", 2)
+    problems = loader.verify(target)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{target}: {len(problems)} problem{'s' * (len(problems) != 1)} found")
+        return 1
+    count = len(loader.list_checkpoints(target)) if _fs.isdir(target) else 1
+    print(f"{target}: {count} checkpoint{'s' * (count != 1)} intact")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    prefix = _checkpoint(args.checkpoint)
+    out = _fs.fspath(args.out)
+    if _fs.exists(out) and (not _fs.isdir(out) or _fs.list_dir(out)):
+        raise _Exit(f"{out} already exists and is not an empty directory: choose a new one", 2)
+    _quiet_tensorflow()
+    try:
+        out = loader.export_saved_model(prefix, out)
+    except ValueError as exc:  # model.json refused (it would run code) or not rebuildable
+        raise _Exit(str(exc), 1) from None
+    print(f"exported {prefix} to {out} (a SavedModel: keras_ckpt.load_saved_model or serving)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    directory = _directory(args.directory)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise _Exit("plotting needs Matplotlib: pip install 'keras_ckpt[plot]'", 1) from None
+    from keras_ckpt.plot import history_figure
+
+    try:
+        figure = history_figure(directory, args.metric, monitor=args.monitor, mode=args.mode)
+        figure.savefig(args.output, dpi=args.dpi)
+    except ValueError as exc:  # an unknown metric name or image format
+        raise _Exit(str(exc), 2) from None
+    except OSError as exc:
+        raise _Exit(f"cannot write {args.output}: {exc.strerror or exc}", 1) from None
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _quiet_tensorflow() -> None:
+    """TensorFlow logs INFO lines while exporting; a command prints only its own."""
+    import tensorflow as tf
+
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+# -- the parser ---------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Look at, check and use the checkpoints keras_ckpt wrote.",
+        epilog=_EXIT_CODES + f"\n\nRun `{PROG} COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    commands.required = True
+
+    def command(name: str, summary: str, example: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=f"example:\n  {example}\n\n{_EXIT_CODES}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    def ranking(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument(
+            "--monitor",
+            metavar="METRIC",
+            help="the metric that picks the best checkpoint (default: val_loss, else loss)",
+        )
+        sub.add_argument(
+            "--mode",
+            choices=("auto", "min", "max"),
+            default="auto",
+            help="whether lower or higher METRIC is better (default: auto, as BestCheckpoint)",
+        )
+
+    sub = command(
+        "list",
+        "Table of the kept checkpoints: step, epoch, metrics, size, saved time; the latest "
+        "and the best marked.",
+        f"{PROG} list runs/best --monitor val_accuracy",
+    )
+    sub.add_argument("directory", metavar="DIR", help="a checkpoint directory")
+    ranking(sub)
+    sub.set_defaults(run=_list)
+
+    sub = command(
+        "inspect",
+        "The variables of one checkpoint (model, then optimizer): names, shapes, dtypes and "
+        "bytes, with totals.",
+        f"{PROG} inspect runs/best/ckpt-1200",
+    )
+    sub.add_argument(
+        "checkpoint", metavar="CKPT", help="a checkpoint prefix, or a directory (its latest)"
+    )
+    sub.set_defaults(run=_inspect)
+
+    sub = command(
+        "verify",
+        "Check every kept checkpoint (files complete, sizes as recorded, readable); print one "
+        "line per problem and exit 1 if there is any.",
+        f"{PROG} verify runs/best",
+    )
+    sub.add_argument(
+        "target", metavar="DIR", help="a checkpoint directory (or one checkpoint prefix)"
+    )
+    sub.set_defaults(run=_verify)
+
+    sub = command(
+        "export",
+        "Write a checkpoint as a TensorFlow SavedModel, for serving or for "
+        "keras_ckpt.load_saved_model (no model code needed: the architecture comes from "
+        "model.json).",
+        f"{PROG} export runs/best export/digits/1",
+    )
+    sub.add_argument(
+        "checkpoint", metavar="CKPT", help="a checkpoint prefix, or a directory (its latest)"
+    )
+    sub.add_argument("out", metavar="OUT", help="the SavedModel directory to write")
+    sub.set_defaults(run=_export)
+
+    sub = command(
+        "plot",
+        "Draw the metric history (history.jsonl) with the saved and kept checkpoints marked, "
+        "one panel per metric family, to an image file.",
+        f"{PROG} plot runs/best -o best.png --metric loss --metric val_loss",
+    )
+    sub.add_argument("directory", metavar="DIR", help="a checkpoint directory")
+    sub.add_argument(
+        "-o", "--output", required=True, metavar="FILE.png", help="the image to write"
+    )
+    sub.add_argument(
+        "--metric",
+        action="append",
+        metavar="NAME",
+        help="a metric to draw (repeatable; default: all logged)",
+    )
+    sub.add_argument("--dpi", type=int, default=100, help="image resolution (default: 100)")
+    ranking(sub)
+    sub.set_defaults(run=_plot)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs `keras-ckpt` with `argv` (default: the process's arguments); returns the exit code."""
+    parser = _parser()
+    prog = PROG
+    try:
+        args = parser.parse_args(argv)
+        prog = f"{PROG} {args.command}"
+        return args.run(args)
+    except _Exit as exc:
+        print(f"{exc.prog if exc.prog != PROG else prog}: error: {exc}", file=sys.stderr)
+        return exc.code
+    except CheckpointError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if os.environ.get("KERAS_CKPT_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
