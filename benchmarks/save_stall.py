@@ -1,0 +1,398 @@
+"""How long does checkpointing stall training? keras_ckpt against its peers, in one process.
+
+Every peer trains the same model (a stack of Dense layers with ~``--mb`` MB of float32
+weights, Adam: a checkpoint with the optimizer is ~3x that) for ``--saves + 1`` epochs of
+``--steps`` real training steps each, with ``--compute`` seconds of simulated compute (sleep)
+per epoch spread over its steps, and saves at the end of each of the first ``--saves`` epochs
+(the last epoch is training after the last save, as in a real run, so a background write has
+something to overlap with). Peers:
+
+- ``none``: no checkpointing (the baseline);
+- ``tf_checkpoint_manager``: a callback around ``tf.train.CheckpointManager.save``;
+- ``keras_model_checkpoint``: ``keras.callbacks.ModelCheckpoint`` to ``.weights.h5``
+  (model weights only: no optimizer state, a third of the bytes);
+- ``keras_orbax_checkpoint``: ``keras.callbacks.OrbaxCheckpoint`` (asynchronous; needs
+  orbax-checkpoint and JAX in this environment, otherwise reported as skipped);
+- ``keras_ckpt_sync`` / ``keras_ckpt_async``: ``RotatingCheckpoint(max_to_keep=1)``, with
+  ``async_save`` False / True.
+
+All peers keep one checkpoint. Rounds run the peers in a rotating order; results are
+medians over rounds. The stall per save is (fit time - fit time of ``none`` in the same
+round) / saves; ``save_call_s`` is the time spent inside the save itself (the hook), which
+for ``tf_checkpoint_manager`` is the duration of ``CheckpointManager.save``.
+
+Run (prints JSON on stdout, progress on stderr)::
+
+    python benchmarks/save_stall.py                       # 400 MB of weights, ~1.2 GB per save
+    python benchmarks/save_stall.py --mb 4 --rounds 1     # a quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _bench as B  # noqa: E402
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import keras_ckpt  # noqa: E402
+
+PEERS = (
+    "none",
+    "tf_checkpoint_manager",
+    "keras_model_checkpoint",
+    "keras_orbax_checkpoint",
+    "keras_ckpt_sync",
+    "keras_ckpt_async",
+)
+
+
+class Compute(keras.callbacks.Callback):
+    """Simulated compute: sleeps after every training step."""
+
+    def __init__(self, seconds_per_step: float) -> None:
+        super().__init__()
+        self.seconds = seconds_per_step
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.seconds > 0:
+            time.sleep(self.seconds)
+
+
+class Gate(keras.callbacks.Callback):
+    """Forwards every hook to `inner`, times it, and skips the saves after `saves` epochs."""
+
+    def __init__(self, inner: keras.callbacks.Callback, saves: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.saves = saves
+        self.blocked = 0.0  # seconds spent inside the inner callback's hooks
+        self.save_calls: list[float] = []
+        self.batch_hooks = 0.0  # of which inside the batch hooks
+        self.end_wait = 0.0
+
+    def _call(self, name: str, *args: Any) -> float:
+        t0 = time.perf_counter()
+        getattr(self.inner, name)(*args)
+        spent = time.perf_counter() - t0
+        self.blocked += spent
+        return spent
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.inner.set_model(model)
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.inner.set_params(params)
+
+    def on_train_begin(self, logs=None):
+        self._call("on_train_begin", logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._call("on_epoch_begin", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.batch_hooks += self._call("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_hooks += self._call("on_train_batch_end", batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch < self.saves:
+            self.save_calls.append(self._call("on_epoch_end", epoch, logs))
+        elif self.saves == 0:  # the batch test: epoch ends are part of the fixed cost
+            self._call("on_epoch_end", epoch, logs)
+
+    def on_train_end(self, logs=None):
+        self.end_wait = self._call("on_train_end", logs)
+
+
+class TFManagerCallback(keras.callbacks.Callback):
+    """The plain TensorFlow way: `tf.train.CheckpointManager(...).save()` at each epoch end."""
+
+    def __init__(self, directory: str) -> None:
+        super().__init__()
+        self.directory = directory
+
+    def on_train_begin(self, logs=None):
+        checkpoint = tf.train.Checkpoint(model=self.model)
+        self.manager = tf.train.CheckpointManager(checkpoint, self.directory, max_to_keep=1)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.manager.save(checkpoint_number=int(self.model.optimizer.iterations.numpy()))
+
+
+def orbax_problem() -> str | None:
+    try:
+        import orbax.checkpoint  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken JAX install
+        return (
+            f"orbax-checkpoint cannot be imported here ({type(exc).__name__}: {exc}); "
+            "install orbax-checkpoint (it brings JAX) in the benchmark's environment"
+        )
+    if not hasattr(keras.callbacks, "OrbaxCheckpoint"):
+        return f"keras {keras.__version__} has no keras.callbacks.OrbaxCheckpoint"
+    return None
+
+
+def make_peer(peer: str, directory: str) -> keras.callbacks.Callback | None:
+    if peer == "none":
+        return None
+    if peer == "tf_checkpoint_manager":
+        return TFManagerCallback(directory)
+    if peer == "keras_model_checkpoint":
+        path = os.path.join(directory, "model.weights.h5")
+        return keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
+    if peer == "keras_orbax_checkpoint":
+        return keras.callbacks.OrbaxCheckpoint(directory, max_to_keep=1, save_on_background=True)
+    if peer in ("keras_ckpt_sync", "keras_ckpt_async"):
+        return keras_ckpt.RotatingCheckpoint(
+            directory,
+            max_to_keep=1,
+            save_on_train_end=False,
+            async_save=peer == "keras_ckpt_async",
+        )
+    raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def run_peer(peer: str, model, data, args, root: str, saves: int) -> dict[str, Any]:
+    directory = B.fresh_dir(os.path.join(root, peer))
+    inner = make_peer(peer, directory)
+    callbacks: list[keras.callbacks.Callback] = [Compute(args.compute / args.steps)]
+    gate = Gate(inner, saves) if inner is not None else None
+    if gate is not None:
+        callbacks.append(gate)
+    x, y = data
+    gc.collect()
+    with B.PeakMemory() as memory:
+        t0 = time.perf_counter()
+        model.fit(
+            x,
+            y,
+            batch_size=args.batch,
+            epochs=saves + 1,
+            callbacks=callbacks,
+            verbose=0,
+            shuffle=False,
+        )
+        fit_s = time.perf_counter() - t0
+    on_disk = B.du(directory)
+    del inner, callbacks
+    shutil.rmtree(directory, ignore_errors=True)
+    row = {"fit_s": fit_s, "peak_extra_mb": memory.peak_extra / B.MB, "bytes_on_disk": on_disk}
+    if gate is not None:
+        row.update(blocked_s=gate.blocked, save_calls_s=gate.save_calls, end_wait_s=gate.end_wait)
+    return row
+
+
+def per_batch_overhead(args, root: str) -> dict[str, Any]:
+    """Microseconds our callback adds to a training batch when no save is due."""
+    model = B.build_model(0.001, 1)
+    x, y = B.train_data(model, args.batch_steps)
+    logs = {"loss": 0.5, "mae": 0.25}
+    direct = {}
+    for label, freq in (("save_freq_epoch", "epoch"), ("save_freq_steps_not_due", 10**12)):
+        cb = keras_ckpt.RotatingCheckpoint(
+            B.fresh_dir(os.path.join(root, "batch-" + label)), save_freq=freq
+        )
+        cb.set_model(model)
+        cb.on_train_begin()
+        calls = 100_000
+        t0 = time.perf_counter()
+        for i in range(calls):
+            cb.on_train_batch_end(i, logs)
+        direct[label] = round((time.perf_counter() - t0) / calls * 1e6, 3)
+        cb.close()
+    # In fit: time spent inside our hooks (exact), and the fit time with and without the
+    # callback, interleaved (a difference of two noisy totals: informative only).
+    model.fit(x, y, batch_size=1, epochs=1, verbose=0)  # traces the train function
+    plain, with_cb, hooks, fixed = [], [], [], []
+    for r in range(args.batch_rounds):
+        for use in (False, True) if r % 2 == 0 else (True, False):
+            cbs: list[keras.callbacks.Callback] = []
+            if use:
+                inner = keras_ckpt.RotatingCheckpoint(
+                    B.fresh_dir(os.path.join(root, "batch-fit")),
+                    save_freq=10**12,
+                    save_on_train_end=False,
+                )
+                cbs = [Gate(inner, saves=0)]
+            t0 = time.perf_counter()
+            model.fit(x, y, batch_size=1, epochs=1, verbose=0, callbacks=cbs)
+            (with_cb if use else plain).append(time.perf_counter() - t0)
+            if use:
+                gate = cbs[0]
+                hooks.append(gate.batch_hooks)
+                fixed.append(gate.blocked - gate.batch_hooks)
+    steps = len(x)
+    return {
+        "direct_call_us": direct,
+        "fit_steps": steps,
+        "in_fit_batch_hooks_us": round(B.median(hooks) / steps * 1e6, 3),
+        "in_fit_fixed_per_fit_ms": round(B.median(fixed) * 1e3, 2),
+        "fit_step_us_without": round(B.median(plain) / steps * 1e6, 2),
+        "fit_step_us_with": round(B.median(with_cb) / steps * 1e6, 2),
+        "fit_difference_us_noisy": round((B.median(with_cb) - B.median(plain)) / steps * 1e6, 2),
+    }
+
+
+def summarise(rows: dict[str, list[dict[str, Any]]], saves: int) -> dict[str, Any]:
+    base = rows["none"]
+    out: dict[str, Any] = {}
+    for peer, runs in rows.items():
+        stalls = [(r["fit_s"] - b["fit_s"]) / saves for r, b in zip(runs, base, strict=True)]
+        entry = {
+            "fit_s": B.median(r["fit_s"] for r in runs),
+            "stall_per_save_s": B.median(stalls) if peer != "none" else 0.0,
+            "peak_extra_mb": round(B.median(r["peak_extra_mb"] for r in runs), 1),
+        }
+        if peer != "none":
+            entry.update(
+                save_call_s=B.median(t for r in runs for t in r["save_calls_s"]),
+                blocked_per_save_s=B.median(r["blocked_s"] / saves for r in runs),
+                end_wait_s=B.median(r["end_wait_s"] for r in runs),
+                bytes_on_disk=int(B.median(r["bytes_on_disk"] for r in runs)),
+                stall_per_save_rounds_s=[round(s, 3) for s in stalls],
+            )
+        out[peer] = entry
+    return out
+
+
+def ratios(summary: dict[str, Any]) -> dict[str, Any]:
+    tf_peer = summary.get("tf_checkpoint_manager")
+    if not tf_peer:
+        return {}
+    tf_save = tf_peer["save_call_s"]
+    out: dict[str, Any] = {"tf_checkpoint_manager_save_s": tf_save}
+    for peer in ("keras_ckpt_sync", "keras_ckpt_async"):
+        mine = summary.get(peer)
+        if not mine:
+            continue
+        out[f"{peer}_stall_over_tf_save"] = round(mine["stall_per_save_s"] / tf_save, 3)
+        out[f"{peer}_save_call_over_tf_save"] = round(mine["save_call_s"] / tf_save, 3)
+        tf_stall = tf_peer["stall_per_save_s"]
+        if tf_stall > 0:
+            out[f"{peer}_stall_over_tf_stall"] = round(mine["stall_per_save_s"] / tf_stall, 3)
+    return out
+
+
+def targets(summary, ratio, batch, snapshot_mb) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if "keras_ckpt_async_stall_over_tf_save" in ratio:
+        value = ratio["keras_ckpt_async_stall_over_tf_save"]
+        out["async_stall_le_0.25x_tf_save"] = {"value": value, "met": value <= 0.25}
+    if "keras_ckpt_sync_save_call_over_tf_save" in ratio:
+        value = ratio["keras_ckpt_sync_save_call_over_tf_save"]
+        out["sync_save_le_1.1x_tf_save"] = {"value": value, "met": value <= 1.1}
+    if batch:
+        worst = max([*batch["direct_call_us"].values(), batch["in_fit_batch_hooks_us"]])
+        out["per_batch_overhead_lt_50us"] = {"value_us": worst, "met": worst < 50}
+    if "keras_ckpt_async" in summary:
+        extra = summary["keras_ckpt_async"]["peak_extra_mb"]
+        out["async_peak_extra_memory_le_one_snapshot"] = {
+            "peak_extra_mb": extra,
+            "snapshot_mb": round(snapshot_mb, 1),
+            "met": extra <= snapshot_mb * 1.05,
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mb", type=float, default=400, help="MB of float32 model weights")
+    parser.add_argument("--layers", type=int, default=8, help="Dense layers (variables / 2)")
+    parser.add_argument("--saves", type=int, default=4, help="saves per fit")
+    parser.add_argument("--steps", type=int, default=2, help="training steps per epoch")
+    parser.add_argument("--batch", type=int, default=4, help="batch size")
+    parser.add_argument(
+        "--compute", type=float, default=6.0, help="simulated compute per epoch (s)"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="repetitions of every peer")
+    parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated peers")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the warm-up round")
+    parser.add_argument("--batch-steps", type=int, default=2000, help="steps of the batch test")
+    parser.add_argument("--batch-rounds", type=int, default=5, help="rounds of the batch test")
+    parser.add_argument("--skip-batch-test", action="store_true")
+    parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    if "none" not in peers:
+        peers.insert(0, "none")
+    skipped: dict[str, str] = {}
+    if "keras_orbax_checkpoint" in peers:
+        problem = orbax_problem()
+        if problem:
+            skipped["keras_orbax_checkpoint"] = problem
+            peers.remove("keras_orbax_checkpoint")
+    root = tempfile.mkdtemp(prefix="keras_ckpt-bench-", dir=args.dir)
+    try:
+        model = B.build_model(args.mb, args.layers)
+        data = B.train_data(model, args.steps * args.batch)
+        model.fit(*data, batch_size=args.batch, epochs=1, verbose=0)  # trace, build Adam
+        nbytes = B.state_bytes(model)
+        B.log(
+            f"model: {B.state_bytes(model, False) / B.MB:.0f} MB of weights, "
+            f"{nbytes / B.MB:.0f} MB with Adam, {len(model.variables)} + "
+            f"{len(model.optimizer.variables)} variables"
+        )
+        if not args.no_warmup:
+            for peer in peers:
+                B.log(f"warm-up: {peer}")
+                run_peer(
+                    peer, model, data, argparse.Namespace(**{**vars(args), "compute": 0}), root, 1
+                )
+        rows: dict[str, list[dict[str, Any]]] = {p: [] for p in peers}
+        for r in range(args.rounds):
+            order = peers[r % len(peers) :] + peers[: r % len(peers)]
+            for peer in order:
+                row = run_peer(peer, model, data, args, root, args.saves)
+                rows[peer].append(row)
+                B.log(
+                    f"round {r + 1}/{args.rounds} {peer}: fit {row['fit_s']:.2f}s "
+                    f"saves {[round(s, 2) for s in row.get('save_calls_s', [])]}"
+                )
+        disk = B.disk_reference(root, nbytes, args.rounds)
+        batch = None if args.skip_batch_test else per_batch_overhead(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+    summary = summarise(rows, args.saves)
+    ratio = ratios(summary)
+    result = {
+        "benchmark": "save_stall",
+        "command": "python benchmarks/save_stall.py " + " ".join(argv or sys.argv[1:]),
+        "machine": B.machine(),
+        "config": {
+            "weights_mb": round(B.state_bytes(model, False) / B.MB, 1),
+            "checkpoint_mb": round(nbytes / B.MB, 1),
+            "variables": len(model.variables) + len(model.optimizer.variables),
+            "saves": args.saves,
+            "steps_per_epoch": args.steps,
+            "compute_s_per_epoch": args.compute,
+            "rounds": args.rounds,
+        },
+        "peers": summary,
+        "skipped": skipped,
+        "ratios": ratio,
+        "disk_reference": disk,
+        "per_batch_overhead": batch,
+        "targets": targets(summary, ratio, batch, nbytes / B.MB),
+    }
+    B.emit(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

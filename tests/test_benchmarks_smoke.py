@@ -1,0 +1,84 @@
+"""The benchmark scripts still run: each, at a tiny size, prints JSON with its expected keys.
+
+Timings are not checked (this machine's numbers mean nothing at this size); the full runs
+are described in README.rst, "Performance".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SAVE_STALL = [
+    "benchmarks/save_stall.py",
+    "--mb", "0.5", "--layers", "2", "--saves", "2", "--steps", "1", "--compute", "0",
+    "--rounds", "1", "--no-warmup", "--batch-steps", "20", "--batch-rounds", "2",
+]  # fmt: skip
+RESTORE = ["benchmarks/restore.py", "--mb", "0.5", "--layers", "2", "--rounds", "1"]
+
+
+def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, *args, "--dir", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    return json.loads(out)
+
+
+def test_benchmark_scripts_print_json_with_expected_keys(tmp_path):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "r").mkdir()
+    stall_proc = _start(SAVE_STALL, tmp_path / "s")  # both at once: imports dominate
+    restore_proc = _start(RESTORE, tmp_path / "r")
+    stall, restore = _result(stall_proc), _result(restore_proc)
+
+    assert stall["benchmark"] == "save_stall"
+    expected = {"none", "tf_checkpoint_manager", "keras_model_checkpoint", "keras_ckpt_sync",
+                "keras_ckpt_async"}  # fmt: skip
+    assert expected <= set(stall["peers"])
+    # Orbax either ran or says why not.
+    assert ("keras_orbax_checkpoint" in stall["peers"]) != (
+        "keras_orbax_checkpoint" in stall["skipped"]
+    )
+    for peer in expected - {"none"}:
+        row = stall["peers"][peer]
+        assert {"fit_s", "stall_per_save_s", "save_call_s", "peak_extra_mb"} <= set(row)
+        assert row["bytes_on_disk"] > 0  # each peer really wrote its checkpoint
+    assert {
+        "keras_ckpt_sync_stall_over_tf_save",
+        "keras_ckpt_async_stall_over_tf_save",
+        "keras_ckpt_sync_save_call_over_tf_save",
+    } <= set(stall["ratios"])
+    assert stall["disk_reference"]["write_fsync_mb_s"] > 0
+    assert stall["per_batch_overhead"]["in_fit_batch_hooks_us"] > 0
+    assert {
+        "async_stall_le_0.25x_tf_save",
+        "sync_save_le_1.1x_tf_save",
+        "per_batch_overhead_lt_50us",
+        "async_peak_extra_memory_le_one_snapshot",
+    } <= set(stall["targets"])
+
+    assert restore["benchmark"] == "restore"
+    assert set(restore["methods"]) == {"keras_ckpt", "tf_checkpoint_read",
+                                       "keras_load_weights_h5"}  # fmt: skip
+    for row in restore["methods"].values():
+        assert row["hot_mb_s"] > 0 and row["cold_mb_s"] > 0
+    assert set(restore["targets"]) == {"restore_le_1.1x_tf_read_hot",
+                                       "restore_le_1.1x_tf_read_cold"}  # fmt: skip
+    assert list(tmp_path.glob("*/keras_ckpt-*")) == []  # scratch files are removed
