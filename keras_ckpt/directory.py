@@ -336,7 +336,8 @@ class CheckpointDirectory:
         tmpdir = _fs.join(self.path, f"{TMP_PREFIX}{name}-{_fs.temp_name('x')[-12:]}")
         _fs.makedirs(tmpdir)
         try:
-            write(_fs.join(tmpdir, name))
+            with _fs.flushing(tmpdir):  # the disk works while TensorFlow writes
+                write(_fs.join(tmpdir, name))
             files = {}
             for fname in _fs.list_dir(tmpdir):
                 if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
