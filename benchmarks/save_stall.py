@@ -10,20 +10,28 @@ something to overlap with). Peers:
 - ``none``: no checkpointing (the baseline);
 - ``tf_checkpoint_manager``: a callback around ``tf.train.CheckpointManager.save``;
 - ``keras_model_checkpoint``: ``keras.callbacks.ModelCheckpoint`` to ``.weights.h5``
-  (model weights only: no optimizer state, a third of the bytes);
+  (Keras 3 stores the optimizer's variables in it too: the same bytes);
 - ``keras_orbax_checkpoint``: ``keras.callbacks.OrbaxCheckpoint`` (asynchronous; needs
   orbax-checkpoint and JAX in this environment, otherwise reported as skipped);
 - ``keras_ckpt_sync`` / ``keras_ckpt_async``: ``RotatingCheckpoint(max_to_keep=1)``, with
   ``async_save`` False / True.
 
 All peers keep one checkpoint. Rounds run the peers in a rotating order; results are
-medians over rounds. The stall per save is (fit time - fit time of ``none`` in the same
-round) / saves; ``save_call_s`` is the time spent inside the save itself (the hook), which
-for ``tf_checkpoint_manager`` is the duration of ``CheckpointManager.save``.
+medians over rounds. Per peer:
+
+- ``stall_per_save_s``: (fit time - fit time of ``none`` in the same round) / saves: the
+  definition, but on a shared machine its noise is seconds;
+- ``save_call_s``: the time inside the save itself (the hook), for
+  ``tf_checkpoint_manager`` the duration of ``CheckpointManager.save``;
+- ``step_after_save_slowdown_s``: how much longer the first training step after a save
+  took than the same step without checkpointing (copies, a background write competing);
+- ``lost_per_save_s``: time blocked in the checkpoint hooks per save + that slowdown: the
+  training time a save costs, measured on the steps it touches (much less noisy);
+- ``peak_extra_mb``: the peak RSS during the fit above the RSS before it.
 
 Run (prints JSON on stdout, progress on stderr)::
 
-    python benchmarks/save_stall.py                       # 400 MB of weights, ~1.2 GB per save
+    python benchmarks/save_stall.py --rounds 5     # 400 MB of weights, ~1.2 GB per save
     python benchmarks/save_stall.py --mb 4 --rounds 1     # a quick check
 """
 
@@ -57,13 +65,23 @@ PEERS = (
 
 
 class Compute(keras.callbacks.Callback):
-    """Simulated compute: sleeps after every training step."""
+    """Simulated compute: sleeps after every training step; times the real steps."""
 
     def __init__(self, seconds_per_step: float) -> None:
         super().__init__()
         self.seconds = seconds_per_step
+        self.steps: list[tuple[int, int, float]] = []  # (epoch, batch, seconds)
+        self._epoch = 0
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t0 = time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
+        self.steps.append((self._epoch, batch, time.perf_counter() - self._t0))
         if self.seconds > 0:
             time.sleep(self.seconds)
 
@@ -168,7 +186,8 @@ def make_peer(peer: str, directory: str) -> keras.callbacks.Callback | None:
 def run_peer(peer: str, model, data, args, root: str, saves: int) -> dict[str, Any]:
     directory = B.fresh_dir(os.path.join(root, peer))
     inner = make_peer(peer, directory)
-    callbacks: list[keras.callbacks.Callback] = [Compute(args.compute / args.steps)]
+    compute = Compute(args.compute / args.steps)
+    callbacks: list[keras.callbacks.Callback] = [compute]
     gate = Gate(inner, saves) if inner is not None else None
     if gate is not None:
         callbacks.append(gate)
@@ -189,7 +208,15 @@ def run_peer(peer: str, model, data, args, root: str, saves: int) -> dict[str, A
     on_disk = B.du(directory)
     del inner, callbacks
     shutil.rmtree(directory, ignore_errors=True)
-    row = {"fit_s": fit_s, "peak_extra_mb": memory.peak_extra / B.MB, "bytes_on_disk": on_disk}
+    after = [t for e, b, t in compute.steps if b == 0 and 1 <= e <= saves]
+    other = [t for e, b, t in compute.steps if not (b == 0 and 1 <= e <= saves)]
+    row = {
+        "fit_s": fit_s,
+        "peak_extra_mb": memory.peak_extra / B.MB,
+        "bytes_on_disk": on_disk,
+        "step_after_save_s": B.median(after),
+        "other_steps_s": B.median(other),
+    }
     if gate is not None:
         row.update(blocked_s=gate.blocked, save_calls_s=gate.save_calls, end_wait_s=gate.end_wait)
     return row
@@ -246,20 +273,70 @@ def per_batch_overhead(args, root: str) -> dict[str, Any]:
     }
 
 
+def many_variables(args, root: str) -> dict[str, Any]:
+    """Per-variable costs: a model of `--many-layers` small layers (thousands of variables).
+
+    Times the calls on the training thread: `CheckpointManager.save` sync and async (the
+    async call is the snapshot) against `tf.train.CheckpointManager.save`, medians.
+    """
+    model = B.build_model(args.many_layers * 32 * 32 * 4 / B.MB, args.many_layers)
+    x, y = B.train_data(model, 4)
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0)
+    count = len(model.variables) + len(model.optimizer.variables)
+    out: dict[str, Any] = {"layers": args.many_layers, "variables": count}
+    checkpoint = tf.train.Checkpoint(model=model)
+    tf_manager = tf.train.CheckpointManager(
+        checkpoint, B.fresh_dir(os.path.join(root, "mv-tf")), 1
+    )
+    times: dict[str, list[float]] = {"tf_checkpoint_manager": [], "keras_ckpt_sync": [],
+                                     "keras_ckpt_async": []}  # fmt: skip
+    managers = {
+        name: keras_ckpt.CheckpointManager(
+            B.fresh_dir(os.path.join(root, "mv-" + name)),
+            model,
+            keep=keras_ckpt.KeepLast(1),
+            async_save=name.endswith("async"),
+        )
+        for name in ("keras_ckpt_sync", "keras_ckpt_async")
+    }
+    for step in range(1, args.many_saves + 2):
+        times["tf_checkpoint_manager"].append(B.timed(lambda s=step: tf_manager.save(s)))
+        for name, manager in managers.items():
+            manager.wait()  # the async call alone: the snapshot, not the previous write
+            times[name].append(B.timed(lambda m=manager, s=step: m.save(step=s)))
+    for manager in managers.values():
+        manager.close()
+    for name, values in times.items():
+        out[f"{name}_call_ms"] = round(B.median(values[1:]) * 1e3, 2)  # the first builds plans
+    out["keras_ckpt_async_call_us_per_variable"] = round(
+        out["keras_ckpt_async_call_ms"] * 1e3 / count, 2
+    )
+    return out
+
+
 def summarise(rows: dict[str, list[dict[str, Any]]], saves: int) -> dict[str, Any]:
     base = rows["none"]
     out: dict[str, Any] = {}
     for peer, runs in rows.items():
         stalls = [(r["fit_s"] - b["fit_s"]) / saves for r, b in zip(runs, base, strict=True)]
+        slower = [
+            r["step_after_save_s"] - b["step_after_save_s"]
+            for r, b in zip(runs, base, strict=True)
+        ]
         entry = {
             "fit_s": B.median(r["fit_s"] for r in runs),
             "stall_per_save_s": B.median(stalls) if peer != "none" else 0.0,
             "peak_extra_mb": round(B.median(r["peak_extra_mb"] for r in runs), 1),
+            "step_after_save_s": B.median(r["step_after_save_s"] for r in runs),
+            "other_steps_s": B.median(r["other_steps_s"] for r in runs),
         }
         if peer != "none":
+            blocked = [r["blocked_s"] / saves for r in runs]
             entry.update(
                 save_call_s=B.median(t for r in runs for t in r["save_calls_s"]),
-                blocked_per_save_s=B.median(r["blocked_s"] / saves for r in runs),
+                blocked_per_save_s=B.median(blocked),
+                step_after_save_slowdown_s=B.median(slower),
+                lost_per_save_s=B.median(b + s for b, s in zip(blocked, slower, strict=True)),
                 end_wait_s=B.median(r["end_wait_s"] for r in runs),
                 bytes_on_disk=int(B.median(r["bytes_on_disk"] for r in runs)),
                 stall_per_save_rounds_s=[round(s, 3) for s in stalls],
@@ -278,31 +355,37 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
         mine = summary.get(peer)
         if not mine:
             continue
-        out[f"{peer}_stall_over_tf_save"] = round(mine["stall_per_save_s"] / tf_save, 3)
-        out[f"{peer}_save_call_over_tf_save"] = round(mine["save_call_s"] / tf_save, 3)
-        tf_stall = tf_peer["stall_per_save_s"]
-        if tf_stall > 0:
-            out[f"{peer}_stall_over_tf_stall"] = round(mine["stall_per_save_s"] / tf_stall, 3)
+        for field in ("save_call_s", "stall_per_save_s", "lost_per_save_s"):
+            name = field.removesuffix("_s")
+            out[f"{peer}_{name}_over_tf_save"] = round(mine[field] / tf_save, 3)
     return out
 
 
 def targets(summary, ratio, batch, snapshot_mb) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    if "keras_ckpt_async_stall_over_tf_save" in ratio:
-        value = ratio["keras_ckpt_async_stall_over_tf_save"]
-        out["async_stall_le_0.25x_tf_save"] = {"value": value, "met": value <= 0.25}
+    if "keras_ckpt_async_stall_per_save_over_tf_save" in ratio:
+        by_fit = ratio["keras_ckpt_async_stall_per_save_over_tf_save"]
+        by_steps = ratio["keras_ckpt_async_lost_per_save_over_tf_save"]
+        out["async_stall_le_0.25x_tf_save"] = {
+            "stall_per_save_over_tf_save": by_fit,
+            "lost_per_save_over_tf_save": by_steps,
+            "met_by_fit_time": by_fit <= 0.25,
+            "met_by_lost_time": by_steps <= 0.25,
+        }
     if "keras_ckpt_sync_save_call_over_tf_save" in ratio:
         value = ratio["keras_ckpt_sync_save_call_over_tf_save"]
-        out["sync_save_le_1.1x_tf_save"] = {"value": value, "met": value <= 1.1}
+        out["sync_save_le_1.1x_tf_save"] = {"save_call_over_tf_save": value, "met": value <= 1.1}
     if batch:
         worst = max([*batch["direct_call_us"].values(), batch["in_fit_batch_hooks_us"]])
         out["per_batch_overhead_lt_50us"] = {"value_us": worst, "met": worst < 50}
     if "keras_ckpt_async" in summary:
         extra = summary["keras_ckpt_async"]["peak_extra_mb"]
+        training = summary["none"]["peak_extra_mb"]  # training's own transient memory
         out["async_peak_extra_memory_le_one_snapshot"] = {
             "peak_extra_mb": extra,
+            "peak_extra_without_checkpointing_mb": training,
             "snapshot_mb": round(snapshot_mb, 1),
-            "met": extra <= snapshot_mb * 1.05,
+            "met": extra - training <= snapshot_mb * 1.05,
         }
     return out
 
@@ -312,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mb", type=float, default=400, help="MB of float32 model weights")
     parser.add_argument("--layers", type=int, default=8, help="Dense layers (variables / 2)")
     parser.add_argument("--saves", type=int, default=4, help="saves per fit")
-    parser.add_argument("--steps", type=int, default=2, help="training steps per epoch")
+    parser.add_argument("--steps", type=int, default=1, help="training steps per epoch")
     parser.add_argument("--batch", type=int, default=4, help="batch size")
     parser.add_argument(
         "--compute", type=float, default=6.0, help="simulated compute per epoch (s)"
@@ -323,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-steps", type=int, default=2000, help="steps of the batch test")
     parser.add_argument("--batch-rounds", type=int, default=5, help="rounds of the batch test")
     parser.add_argument("--skip-batch-test", action="store_true")
+    parser.add_argument(
+        "--many-layers", type=int, default=300, help="layers of the many-variables test"
+    )
+    parser.add_argument(
+        "--many-saves", type=int, default=10, help="saves of the many-variables test"
+    )
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args(argv)
@@ -365,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
         disk = B.disk_reference(root, nbytes, args.rounds)
         batch = None if args.skip_batch_test else per_batch_overhead(args, root)
+        many = many_variables(args, root) if args.many_layers > 0 else None
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -388,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratio,
         "disk_reference": disk,
         "per_batch_overhead": batch,
+        "many_variables": many,
         "targets": targets(summary, ratio, batch, nbytes / B.MB),
     }
     B.emit(result, args.out)

@@ -18,6 +18,7 @@ SAVE_STALL = [
     "benchmarks/save_stall.py",
     "--mb", "0.5", "--layers", "2", "--saves", "2", "--steps", "1", "--compute", "0",
     "--rounds", "1", "--no-warmup", "--batch-steps", "20", "--batch-rounds", "2",
+    "--many-layers", "20", "--many-saves", "2",
 ]  # fmt: skip
 RESTORE = ["benchmarks/restore.py", "--mb", "0.5", "--layers", "2", "--rounds", "1"]
 
@@ -58,15 +59,19 @@ def test_benchmark_scripts_print_json_with_expected_keys(tmp_path):
     )
     for peer in expected - {"none"}:
         row = stall["peers"][peer]
-        assert {"fit_s", "stall_per_save_s", "save_call_s", "peak_extra_mb"} <= set(row)
+        assert {"fit_s", "stall_per_save_s", "save_call_s", "lost_per_save_s", "peak_extra_mb",
+                "step_after_save_slowdown_s"} <= set(row)  # fmt: skip
         assert row["bytes_on_disk"] > 0  # each peer really wrote its checkpoint
     assert {
-        "keras_ckpt_sync_stall_over_tf_save",
-        "keras_ckpt_async_stall_over_tf_save",
         "keras_ckpt_sync_save_call_over_tf_save",
+        "keras_ckpt_sync_stall_per_save_over_tf_save",
+        "keras_ckpt_async_stall_per_save_over_tf_save",
+        "keras_ckpt_async_lost_per_save_over_tf_save",
     } <= set(stall["ratios"])
     assert stall["disk_reference"]["write_fsync_mb_s"] > 0
     assert stall["per_batch_overhead"]["in_fit_batch_hooks_us"] > 0
+    many = stall["many_variables"]
+    assert many["variables"] > 60 and many["keras_ckpt_async_call_ms"] > 0
     assert {
         "async_stall_le_0.25x_tf_save",
         "sync_save_le_1.1x_tf_save",
