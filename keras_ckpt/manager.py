@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from keras_ckpt import _dist, _fs, _messages
 from keras_ckpt._io import say
+from keras_ckpt._snapshot import Snapshotter
 from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
 from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo, clean_metrics
@@ -104,6 +105,7 @@ class CheckpointManager:
         self.directory = _fs.fspath(directory)
         self._dir = CheckpointDirectory(self.directory)
         self._writer = AsyncWriter() if async_save else SyncWriter()
+        self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
         self._lock = DirectoryLock(self.directory, self)
         self._active_check = None
         self._closed = False
@@ -255,9 +257,7 @@ class CheckpointManager:
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
         self._raise_background_error()
-        snapshot = take_snapshot(
-            self.model, save_optimizer=self.save_optimizer, copy=self.async_save
-        )
+        snapshot = self._snapshots.take(copy=self.async_save)
         try:
             extra = self._record_extra()
         except Exception as exc:

@@ -1,0 +1,313 @@
+"""The fast snapshot path: a plan per object graph, one `SaveV2` per save.
+
+`Snapshotter` (used by `CheckpointManager`) walks the model's object graph once, mirrors it
+with the proxies of `writer` holding placeholders, and lets TensorFlow's own serialiser
+name every value (`save_util.serialize_graph_view`, what `tf.train.Checkpoint.write` uses).
+The resulting *plan* keeps the checkpoint keys, the serialised object graph and how to read
+each value; a save then reads the variables (one eager op each, no Python serialisation,
+no proxies) and writes them with one `SaveV2` op: the files are byte for byte those
+`tf.train.Checkpoint(model=model).write` would produce (`tests/test_writer_snapshot.py`).
+
+Taking an asynchronous snapshot copies nothing on the training thread (except variables on
+an accelerator, copied to host memory). A tensor read from a resource variable shares its
+buffer, and TensorFlow gives a variable a new buffer before updating it in place while
+another tensor still refers to the old one (copy-on-write), so the snapshot holds the
+values of its step whatever training does next. To keep training's next updates from
+paying for those copies, the writer thread first `detach`es the snapshot: it copies each
+tensor that still shares its variable's buffer and drops the shared reference, while the
+training thread is busy with the next step's forward and backward pass.
+
+When TensorFlow's helpers are missing, the graph holds something the plan does not model
+(Python state, registered savers, sliced variables) or a distribution strategy is active,
+`take_snapshot` and `tf.train.Checkpoint.write` do it all the generic way.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ckpt.writer import Snapshot, _copy, _has_state, _Leaf, _Node, _to_tensor, take_snapshot
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Snapshotter"]
+
+_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+_VALUE = "VARIABLE_VALUE"
+
+
+def _walk(model: object, save_optimizer: bool) -> tuple[list[object], tuple]:
+    """The objects of `model`'s graph (breadth first) and its edges, without reading values.
+
+    Returns:
+        The objects, and a fingerprint: their identities and the named edges between them.
+    """
+    view = tf.train.TrackableView(model)
+    index: dict[int, int] = {id(model): 0}
+    objects: list[object] = [model]
+    edges: list[tuple[int, str, int]] = []
+    i = 0
+    while i < len(objects):
+        obj = objects[i]
+        for name, child in view.children(obj).items():
+            if i == 0 and name == "optimizer" and not save_optimizer:
+                continue
+            j = index.get(id(child))
+            if j is None:
+                j = index[id(child)] = len(objects)
+                objects.append(child)
+            edges.append((i, name, j))
+        i += 1
+    return objects, (tuple(map(id, objects)), tuple(edges))
+
+
+def _plain_variable(obj: object, standard: Callable) -> Any:
+    """The resource variable behind `obj` if it saves its value the standard way, else None.
+
+    `standard` is `BaseResourceVariable._serialize_to_tensors`: one value, read from the
+    variable's buffer; subclasses that keep it (such as the variables Keras creates inside
+    a traced function) qualify, distributed or sharded ones do not.
+    """
+    variable = obj if isinstance(obj, tf.Variable) else getattr(obj, "value", None)
+    if not isinstance(variable, tf.Variable) or isinstance(
+        variable, tf.distribute.DistributedValues
+    ):
+        return None
+    if getattr(type(variable), "_serialize_to_tensors", None) is not standard:
+        return None
+    if getattr(variable, "_save_slice_info", None) is not None:
+        return None
+    if not variable.is_initialized():  # TF saves no value for it
+        return None
+    return variable
+
+
+class _Plan:
+    """How to snapshot one object graph: keys, the serialised graph, what to read.
+
+    Attributes:
+        fingerprint: The graph this plan is for (see `_walk`); holds its objects alive.
+        keys: The checkpoint key of every saved tensor, variables first.
+        variables: The plain resource variables, read by `read` (aligned with `keys`).
+        others: `(object, local name)` of the remaining tensors (aligned with the rest).
+    """
+
+    def __init__(self, objects: list[object], fingerprint: tuple) -> None:
+        from tensorflow.python.checkpoint import graph_view, save_util  # TF's own serialiser
+        from tensorflow.python.ops.resource_variable_ops import BaseResourceVariable
+
+        self.fingerprint = fingerprint
+        self._objects = objects
+        proxies: dict[int, _Node] = {}
+        slots: dict[int, tuple[object, str]] = {}  # id(sentinel) -> (source, local name)
+        sentinels: list[object] = []
+        for obj in objects:
+            if _has_state(obj):
+                tensors = {}
+                for name in obj._serialize_to_tensors():  # noqa: SLF001 (names only: no read)
+                    sentinel = object()
+                    sentinels.append(sentinel)
+                    slots[id(sentinel)] = (obj, name)
+                    tensors[name] = sentinel
+                label = str(getattr(obj, "path", "") or getattr(obj, "name", ""))
+                proxies[id(obj)] = _Leaf(tensors, label)
+            else:
+                proxies[id(obj)] = _Node()
+        for parent, name, child in fingerprint[1]:
+            proxies[id(objects[parent])]._kc_children[name] = proxies[id(objects[child])]
+        root = tf.train.Checkpoint(model=proxies[id(objects[0])])
+        serialized, feeds, savers, graph = save_util.serialize_graph_view(
+            graph_view.ObjectGraphView(root)
+        )
+        if feeds or savers:
+            raise TypeError("the graph has Python state or registered savers")
+        keys: dict[int, str] = {}
+        for tensors in serialized.values():
+            for key, value in tensors.items():
+                if id(value) not in slots:
+                    raise TypeError(f"{key} is not a plain tensor of the graph")
+                keys[id(value)] = key
+        fast, slow = [], []
+        for sentinel in sentinels:
+            obj, name = slots[id(sentinel)]
+            if isinstance(getattr(obj, "value", obj), tf.distribute.DistributedValues):
+                raise TypeError("distributed variables are saved by TensorFlow's own saver")
+            standard = BaseResourceVariable._serialize_to_tensors
+            variable = _plain_variable(obj, standard) if name == _VALUE else None
+            entry = (keys[id(sentinel)], obj, name, variable)
+            (fast if variable is not None else slow).append(entry)
+        self.keys = [k for k, *_ in fast] + [k for k, *_ in slow]
+        self.variables = [v for *_, v in fast]
+        self.others = [(obj, name) for _, obj, name, _ in slow]
+        with tf.device("/cpu:0"):
+            self.graph = tf.constant(graph.SerializeToString())
+        self._reads = [
+            (v.handle, v.dtype, "CPU" in (v.device or "CPU").upper()) for v in self.variables
+        ]
+        self._sources = [obj for _, obj, _, _ in fast] + [obj for obj, _ in self.others]
+
+    def covered_by(self, signature: list[object]) -> bool:
+        """True if every saved value comes from an object in `signature`."""
+        known = {id(obj) for obj in signature}
+        return all(id(obj) in known for obj in self._sources)
+
+    def read(self, copy: bool) -> tuple[list[tf.Tensor], list[tuple[int, Any, Any]]]:
+        """The values of `variables` on the host, and those that still share their buffer.
+
+        One eager op per variable (two when it lives on an accelerator): a `tf.function`
+        would do it in one call, but tracing it costs seconds per thousand variables on the
+        first save, more than the eager ops cost in hundreds of saves. Host variables are
+        not copied here (see `_FastSnapshot.detach`); with `copy` they are listed as
+        `(index, handle, dtype)` for the writer thread to detach.
+        """
+        out, shared = [], []
+        for handle, dtype, on_host in self._reads:
+            value = _read_variable(resource=handle, dtype=dtype)
+            if not on_host:
+                with tf.device("/cpu:0"):
+                    value = tf.identity(value)  # device -> host
+            elif copy:
+                shared.append((len(out), handle, dtype))
+            out.append(value)
+        return out, shared
+
+
+_read_variable = tf.raw_ops.ReadVariableOp
+_deep_copy = tf.raw_ops.DeepCopy
+
+
+def _same_buffer(value: tf.Tensor, handle: Any, dtype: Any) -> bool:
+    """True if the variable behind `handle` still holds `value`'s buffer (or if unsure)."""
+    try:
+        current = _read_variable(resource=handle, dtype=dtype)
+        return np.asarray(current).ctypes.data == np.asarray(value).ctypes.data
+    except Exception:  # a dtype numpy cannot view: assume shared, so copy
+        return True
+
+
+class Snapshotter:
+    """Takes snapshots of one model, reusing a plan while its object graph is unchanged.
+
+    Whether the graph changed is decided by the set of variables (the model's and its
+    optimizer's, and the optimizer itself), which costs microseconds; the object graph is
+    walked again only when that set changes. This is exact for what a checkpoint holds as
+    long as every saved value belongs to one of those variables, which the plan checks: if
+    the graph saves anything else (a raw `tf.Variable` attribute, a lookup table), the
+    graph is walked at every save instead. A change that touches no variable (a layer
+    without weights appended) keeps the plan: the files then hold the same values under
+    the same keys and lack only that node without values.
+
+    Args:
+        model: A Keras model (or any trackable).
+        save_optimizer: If False, the model's `optimizer` edge is left out.
+    """
+
+    def __init__(self, model: object, save_optimizer: bool = True) -> None:
+        self.model = model
+        self.save_optimizer = save_optimizer
+        self._plan: _Plan | None = None
+        self._signature: list[object] | None = None  # held: their ids cannot be reused
+        self._fast = True  # False once TF's serialisation helpers failed us
+
+    def _variables(self) -> list[object] | None:
+        """The model's and optimizer's variables and the optimizer (None if unknown)."""
+        variables = getattr(self.model, "variables", None)
+        if variables is None:
+            return None
+        out = [*variables]
+        optimizer = getattr(self.model, "optimizer", None) if self.save_optimizer else None
+        if optimizer is not None:
+            out += [optimizer, *getattr(optimizer, "variables", ())]
+        return out
+
+    def plan(self) -> _Plan | None:
+        """The plan for the model's current object graph (None: use the generic path)."""
+        strategy = getattr(self.model, "distribute_strategy", None)
+        if strategy is not None and type(strategy).__name__ != "_DefaultDistributionStrategy":
+            self._fast = False  # every worker takes part in TensorFlow's collective reads
+        if not self._fast or tf.distribute.has_strategy():
+            return None
+        signature = self._variables()
+        if (
+            self._plan is not None
+            and self._signature is not None
+            and signature is not None
+            and len(signature) == len(self._signature)
+            and all(a is b for a, b in zip(signature, self._signature, strict=True))
+        ):
+            return self._plan
+        objects, fingerprint = _walk(self.model, self.save_optimizer)
+        if self._plan is None or self._plan.fingerprint != fingerprint:
+            self._plan = None
+            try:
+                self._plan = _Plan(objects, fingerprint)
+            except (ImportError, AttributeError, TypeError, ValueError) as exc:
+                logger.info("keras_ckpt: generic checkpoint writing (%s)", exc)
+                self._fast = False
+                return None
+        covered = signature is not None and self._plan.covered_by(signature)
+        self._signature = signature if covered else None
+        return self._plan
+
+    def take(self, copy: bool = False) -> Snapshot | _FastSnapshot:
+        """The current values of the model's saveable state.
+
+        Args:
+            copy: The snapshot must survive later training steps while it is being written
+                in another thread (see the module docstring for what is copied).
+        """
+        plan = self.plan()
+        if plan is None:
+            return take_snapshot(self.model, save_optimizer=self.save_optimizer, copy=copy)
+        tensors, shared = plan.read(copy)
+        for obj, name in plan.others:
+            tensor = _to_tensor(obj._serialize_to_tensors()[name])  # noqa: SLF001
+            tensors.append(_copy(tensor) if copy else tensor)
+        return _FastSnapshot(plan, tensors, shared)
+
+
+class _FastSnapshot:
+    """Tensors in the order of a plan's keys; `write(prefix)` is one `SaveV2`.
+
+    `shared` lists the tensors that may still share their buffer with a live variable; the
+    writer thread `detach`es them first, so that training's next in-place updates find
+    their buffers unshared and need no copy.
+    """
+
+    def __init__(
+        self, plan: _Plan, tensors: list[tf.Tensor], shared: list[tuple[int, Any, Any]]
+    ) -> None:
+        self._keys = plan.keys
+        self._graph = plan.graph
+        self._tensors = tensors
+        self._shared = shared
+        self.count = len(tensors)
+        self.nbytes = sum(t.shape.num_elements() * t.dtype.size for t in tensors)
+
+    def detach(self) -> None:
+        """Copies each still-shared tensor, one at a time, and drops its shared reference.
+
+        A tensor whose variable was meanwhile updated (TensorFlow then gave the variable a
+        new buffer) is already private and is kept as is. Extra memory: the copies and the
+        buffers training moved away from, at most one snapshot, plus the one tensor being
+        copied should training update its variable during that very copy.
+        """
+        shared, self._shared = self._shared, []
+        for index, handle, dtype in shared:
+            if _same_buffer(self._tensors[index], handle, dtype):
+                self._tensors[index] = _deep_copy(x=self._tensors[index])
+
+    def write(self, prefix: str) -> None:
+        self.detach()
+        with tf.device("/cpu:0"):
+            tf.raw_ops.SaveV2(
+                prefix=prefix,
+                tensor_names=[*self._keys, _GRAPH_KEY],
+                shape_and_slices=[""] * (len(self._keys) + 1),
+                tensors=[*self._tensors, self._graph],
+            )
