@@ -8,9 +8,12 @@ commit is durable before the state file names it. `ram://` matches paths by stri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
+import threading
 import uuid
+from collections.abc import Iterator
 
 import tensorflow as tf
 
@@ -196,3 +199,52 @@ def fsync_dir(directory: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def _flush_tree(directory: str) -> None:
+    """Starts writing every file under `directory` to disk and waits for it."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                _flush_tree(entry.path)
+                continue
+            fd = os.open(entry.path, os.O_RDONLY)
+        except OSError:  # renamed or removed meanwhile
+            continue
+        try:
+            getattr(os, "fdatasync", os.fsync)(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def flushing(directory: str, every: float = 0.05) -> Iterator[None]:
+    """While the block writes files into `directory`, a helper thread flushes them to disk.
+
+    The disk then works while the data is still being produced, so the `fsync` after the
+    block waits only for the tail instead of for every byte (a 1.2 GB checkpoint: about the
+    disk's time instead of write time + disk time). Durability still comes from that
+    `fsync`; this only starts it early. No-op for non-local paths.
+    """
+    if not is_local(directory):
+        yield
+        return
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(every):
+            _flush_tree(directory)
+
+    thread = threading.Thread(target=run, name="keras_ckpt-flush", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

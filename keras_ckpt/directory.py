@@ -351,7 +351,8 @@ class CheckpointDirectory:
         moved: list[str] = []  # renamed into the directory so far
         _fs.makedirs(tmpdir)
         try:
-            write(_fs.join(tmpdir, name))
+            with _fs.flushing(tmpdir):  # the disk works while TensorFlow writes
+                write(_fs.join(tmpdir, name))
             files = {}
             for fname in _fs.list_dir(tmpdir):
                 if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
