@@ -12,6 +12,8 @@ background thread writes it; one write in flight; its error is kept and re-raise
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -142,6 +144,24 @@ class SyncWriter:
         return False
 
 
+_BACKGROUND_NICE = 19
+
+
+def _lower_priority() -> None:
+    """Lets the training threads have the CPU first: renices this thread (Linux only).
+
+    On Linux every thread has its own nice value and the threads it starts inherit it, so
+    the write, its copies and its flushing run on the cycles training leaves idle. Elsewhere
+    `setpriority` would apply to the whole process, so nothing is done there.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
+    except OSError:  # not permitted in this sandbox: keep the default priority
+        pass
+
+
 class AsyncWriter:
     """Runs each write on a background thread; at most one in flight.
 
@@ -154,6 +174,8 @@ class AsyncWriter:
         self._error: BaseException | None = None
 
     def _run(self, job: Callable[[], None]) -> None:
+        if _BACKGROUND_NICE:
+            _lower_priority()
         try:
             job()
         except BaseException as exc:  # re-raised on the training thread by check()
