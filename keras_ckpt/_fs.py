@@ -155,6 +155,15 @@ def rename(src: str, dst: str, overwrite: bool = False) -> None:
     gfile.rename(src, dst, overwrite=overwrite)
 
 
+def move(src: str, dst: str) -> bool:
+    """Renames one file if it is there; True if it was."""
+    try:
+        gfile.rename(src, dst)
+        return True
+    except tf.errors.NotFoundError:
+        return False
+
+
 def remove(path: str) -> bool:
     """Deletes one file if it is there; True if it was."""
     try:

@@ -8,6 +8,7 @@ Layout::
     model.json, history.jsonl      architecture (once) and one line of logs per epoch
     .lock                          held by the one writer
     .tmp-ckpt-N-<token>/           a save in progress (removed by the next writer if left over)
+    .tmp-trash-<token>/            deleted checkpoints being unlinked in the background
 
 A checkpoint is *ours* when its `ckpt-N.json` record exists; only ours are ever deleted, and
 only the files that record names, inside this directory. A commit writes into a temporary
@@ -18,6 +19,7 @@ leaves complete checkpoints or leftovers that `cleanup` recognises (a record wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -39,6 +41,7 @@ logger = logging.getLogger(__name__)
 STATE = "checkpoint"
 LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
+TRASH_PREFIX = TMP_PREFIX + "trash-"
 _RECORD_RE = re.compile(r"^(ckpt-\d+)\.json$")
 _INDEX_RE = re.compile(r"^(ckpt-\d+)\.index$")
 _STATE_LINE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
@@ -166,12 +169,12 @@ def _owned_files(prefix: str, names: list[str]) -> list[str]:
 
 # Exactly the names `commit` and `_fs.write_atomic` give their temporaries (12 hex digits),
 # so that a user's `.tmp-scratch/` or `checkpoint.tmp-backup` is never taken for one.
-_TMP_DIR_RE = re.compile(r"^\.tmp-ckpt-\d+-[0-9a-f]{12}$")
+_TMP_DIR_RE = re.compile(r"^\.tmp-(ckpt-\d+|trash)-[0-9a-f]{12}$")
 _TMP_FILE_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{12}$")
 
 
 def _is_temp_dir(name: str) -> bool:
-    """`.tmp-ckpt-N-<token>`: the folder of a save in progress."""
+    """`.tmp-ckpt-N-<token>` (a save in progress), `.tmp-trash-<token>` (a deletion)."""
     return bool(_TMP_DIR_RE.match(name))
 
 
@@ -298,11 +301,20 @@ def _pid_alive(pid: str) -> bool:
 # -- the directory --------------------------------------------------------------------------------
 
 
+def _unlink_trash(trash: str) -> None:
+    """Unlinks a folder of deleted checkpoints (a background thread: errors are logged)."""
+    try:
+        _fs.rmtree(trash)
+    except Exception as exc:  # the next cleanup() tries again
+        logger.warning("Could not remove %s (%s); the next run removes it.", trash, exc)
+
+
 class CheckpointDirectory:
     """Owns one directory: commits, deletes, the state file and the sidecar files."""
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.path = _fs.fspath(directory)
+        self._deleting: threading.Thread | None = None
 
     def prefix(self, step: int) -> str:
         return _fs.join(self.path, prefix_name(step))
@@ -335,6 +347,7 @@ class CheckpointDirectory:
         info: CheckpointInfo,
         write: Callable[[str], None],
         extra: dict[str, Any] | None = None,
+        flush_early: bool = True,
     ) -> dict[str, Any]:
         """Writes one checkpoint atomically (all files complete, or none visible as kept).
 
@@ -342,6 +355,10 @@ class CheckpointDirectory:
             info: The checkpoint to write; `info.step` names it.
             write: Writes TF checkpoint files at the prefix it is given.
             extra: More fields for the JSON record.
+            flush_early: Flush the files while `write` writes them, so that the `fsync`
+                after it waits only for the tail (what a save on the training thread
+                wants); False leaves the flushing to that `fsync`, using less CPU while
+                `write` runs (what a background save next to training wants).
 
         Returns:
             The JSON record written.
@@ -351,7 +368,7 @@ class CheckpointDirectory:
         moved: list[str] = []  # renamed into the directory so far
         _fs.makedirs(tmpdir)
         try:
-            with _fs.flushing(tmpdir):  # the disk works while TensorFlow writes
+            with _fs.flushing(tmpdir) if flush_early else contextlib.nullcontext():
                 write(_fs.join(tmpdir, name))
             files = {}
             for fname in _fs.list_dir(tmpdir):
@@ -414,13 +431,37 @@ class CheckpointDirectory:
         return True
 
     def delete(self, doomed: list[CheckpointInfo]) -> None:
-        """Deletes the files of our checkpoints `doomed` (each: index first, record last)."""
+        """Deletes the files of our checkpoints `doomed` (each: index first, record last).
+
+        On a local disk the files are renamed into a `.tmp-trash-*` folder (instant, in the
+        same order) and unlinked by a background thread: unlinking a large file that
+        reached the disk can take most of a second (ext4 mounted with `discard`: 0.7 s
+        for 1.2 GB here), which a synchronous save would otherwise spend on the training
+        thread. A folder left by a crash is removed by the next `cleanup`.
+        """
         if not doomed:
             return
         names = _fs.list_dir(self.path)
-        for info in doomed:
-            for fname in _owned_files(info.name, names):
+        files = [f for info in doomed for f in _owned_files(info.name, names)]
+        if not _fs.is_local(self.path):
+            for fname in files:
                 _fs.remove(_fs.join(self.path, fname))
+            return
+        trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")
+        _fs.makedirs(trash)
+        for fname in files:
+            _fs.move(_fs.join(self.path, fname), _fs.join(trash, fname))
+        self.wait()  # one background deletion at a time
+        self._deleting = threading.Thread(
+            target=_unlink_trash, args=(trash,), name="keras_ckpt-delete", daemon=True
+        )
+        self._deleting.start()
+
+    def wait(self) -> None:
+        """Waits for the background deletion of `delete`, if one is running."""
+        thread, self._deleting = self._deleting, None
+        if thread is not None:
+            thread.join()
 
     def write_model_json(self, text: str) -> None:
         path = _fs.join(self.path, "model.json")

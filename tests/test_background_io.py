@@ -1,4 +1,4 @@
-"""Background I/O: files are flushed while they are written; writes yield the CPU to training."""
+"""Background I/O: flushing while writing, writes that yield the CPU, deletion off the hot path."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 import time
 
 import pytest
+from conftest import tiny_model
 
-from keras_ckpt import _fs
+from keras_ckpt import CheckpointManager, KeepLast, _fs
 from keras_ckpt.writer import AsyncWriter
 
 
@@ -46,3 +47,30 @@ def test_background_writes_run_at_a_lower_priority_than_training():
     writer.check()
     assert seen == [19]
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+
+
+def test_deleted_checkpoints_vanish_at_once_and_their_unlinking_finishes_by_close(tmp_path):
+    model = tiny_model()
+    mgr = CheckpointManager(tmp_path / "run", model, keep=[KeepLast(1)])
+    mgr.save(step=1)
+    mgr.save(step=2)  # rotates ckpt-1 out
+    names = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert [n for n in names if n.startswith("ckpt-")] == [
+        "ckpt-2.data-00000-of-00001",
+        "ckpt-2.index",
+        "ckpt-2.json",
+    ]
+    mgr.close()
+    assert not [n for n in os.listdir(tmp_path / "run") if n.startswith(".tmp-")]
+
+
+def test_a_trash_folder_left_by_a_crash_is_removed_by_the_next_manager(tmp_path):
+    run = tmp_path / "run"
+    with CheckpointManager(run, tiny_model()) as mgr:
+        mgr.save(step=1)
+    trash = run / ".tmp-trash-0123456789ab"
+    trash.mkdir()
+    (trash / "ckpt-0.data-00000-of-00001").write_bytes(b"x" * 1000)
+    with CheckpointManager(run, tiny_model()) as mgr:
+        assert [i.step for i in mgr.checkpoints] == [1]
+    assert not trash.exists()
