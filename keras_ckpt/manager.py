@@ -277,7 +277,7 @@ class CheckpointManager:
 
         def job() -> None:
             try:
-                self._dir.commit(info, snapshot.write, extra)
+                self._dir.commit(info, snapshot.write, extra, flush_early=not self.async_save)
                 try:
                     self._dir.write_state(kept, start)
                 except BaseException:
@@ -467,8 +467,13 @@ class CheckpointManager:
             raise
 
     def wait(self) -> None:
-        """Waits for the write in flight; raises its error if it failed."""
+        """Waits for the write in flight (and the unlinking of deleted checkpoints).
+
+        Raises:
+            CheckpointError: The background write failed.
+        """
         self._writer.wait()
+        self._dir.wait()
         self._raise_background_error()
 
     def close(self) -> None:
@@ -478,6 +483,8 @@ class CheckpointManager:
         try:
             self.wait()
         finally:
+            self._dir.wait()  # the background unlinking of deleted checkpoints
+            self._snapshots.release()  # the host buffers of asynchronous saves
             self._closed = True
             self._lock.release()
 

@@ -228,8 +228,14 @@ def test_no_temporary_files_remain_after_training(tmp_path, kwargs):
 def test_models_with_dropout_restore_strictly(tmp_path):
     def build(seed):
         keras.utils.set_random_seed(seed)
-        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, name="body"),
-                                  keras.layers.Dropout(0.3), keras.layers.Dense(1, name="head")])
+        model = keras.Sequential(
+            [
+                keras.Input((4,)),
+                keras.layers.Dense(8, name="body"),
+                keras.layers.Dropout(0.3),
+                keras.layers.Dense(1, name="head"),
+            ]
+        )
         model.compile("adam", "mse")
         return model
 

@@ -194,3 +194,69 @@ def test_under_a_distribution_strategy_the_generic_path_writes_the_same_values(t
     for key, value in reference.items():
         if key != _GRAPH:
             np.testing.assert_array_equal(saved[key], value, err_msg=key)
+
+
+def _buffer_addresses(snapshots: Snapshotter) -> list[int]:
+    return [slot[0].ctypes.data for slot in snapshots._buffers.slots if slot is not None]
+
+
+def test_async_saves_copy_into_the_same_host_buffers_and_close_frees_them(tmp_path):
+    model = _varied_model()
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    with CheckpointManager(tmp_path / "sync", model) as mgr:
+        mgr.save(step=1)
+        assert mgr._snapshots._buffers is None  # a synchronous save copies nothing
+    mgr = CheckpointManager(tmp_path / "async", model, async_save=True, keep=[KeepLast(5)])
+    mgr.save(step=1)
+    first = _buffer_addresses(mgr._snapshots)
+    slots = mgr._snapshots._buffers.slots
+    assert len(first) == len(slots) >= 20  # every weight, slot and counter has its buffer
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    mgr.save(step=2)
+    assert _buffer_addresses(mgr._snapshots) == first  # reused, not allocated again
+    mgr.close()
+    assert mgr._snapshots._buffers is None
+    for step in (1, 2):
+        assert _contents(str(tmp_path / "async" / f"ckpt-{step}"))  # both written, readable
+
+
+def test_a_snapshot_not_yet_written_is_never_overwritten_by_the_next_one(tmp_path):
+    model = _varied_model()
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    snapshots = Snapshotter(model)
+    expected_1 = _contents_of_model(model, tmp_path / "ref1")
+    first = snapshots.take(copy=True)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    expected_2 = _contents_of_model(model, tmp_path / "ref2")
+    second = snapshots.take(copy=True)  # the first is still unwritten: new buffers
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    first.write(str(tmp_path / "one"))
+    second.write(str(tmp_path / "two"))
+    for prefix, expected in (("one", expected_1), ("two", expected_2)):
+        got = _contents(str(tmp_path / prefix))
+        for key, value in expected.items():
+            np.testing.assert_array_equal(got[key], value, err_msg=f"{prefix}: {key}")
+    moved = [k for k in expected_1 if not np.array_equal(expected_1[k], expected_2[k])]
+    assert len(moved) >= len(model.trainable_variables)  # training moved in between
+
+
+def test_values_that_cannot_share_a_host_buffer_are_copied_on_their_own(tmp_path):
+    model = _WithExtra()
+    model(np.ones((1, 3), "float32"))
+    model.flag = tf.Variable(True)  # bool: no shared host buffer, a copy of its own
+    model.empty = tf.Variable(tf.zeros((0, 4)))  # no bytes at all
+    snapshots = Snapshotter(model, save_optimizer=False)
+    snapshot = snapshots.take(copy=True)
+    slots = dict(zip(snapshots.plan().keys, snapshots._buffers.slots))
+    assert slots["model/flag/.ATTRIBUTES/VARIABLE_VALUE"] is None
+    assert slots["model/empty/.ATTRIBUTES/VARIABLE_VALUE"] is None
+    model.flag.assign(False)
+    model.dense.kernel.assign(model.dense.kernel + 1.0)
+    snapshot.write(str(tmp_path / "snap"))
+    held = _contents(str(tmp_path / "snap"))
+    assert held["model/flag/.ATTRIBUTES/VARIABLE_VALUE"]  # still True, as when taken
+    assert held["model/empty/.ATTRIBUTES/VARIABLE_VALUE"].shape == (0, 4)
+    kernel = next(k for k in held if "kernel" in k)
+    np.testing.assert_array_equal(held[kernel], model.dense.kernel.numpy() - 1.0)
