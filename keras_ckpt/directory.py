@@ -448,9 +448,20 @@ class CheckpointDirectory:
                 _fs.remove(_fs.join(self.path, fname))
             return
         trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")
-        _fs.makedirs(trash)
+        try:
+            _fs.makedirs(trash)
+        except Exception:  # a full disk may refuse even a folder: unlink here, freeing space
+            trash = None
         for fname in files:
-            _fs.move(_fs.join(self.path, fname), _fs.join(trash, fname))
+            path = _fs.join(self.path, fname)
+            try:
+                if trash is not None and _fs.move(path, _fs.join(trash, fname)):
+                    continue
+            except Exception:  # as above: unlink it here
+                pass
+            _fs.remove(path)
+        if trash is None:
+            return
         self.wait()  # one background deletion at a time
         self._deleting = threading.Thread(
             target=_unlink_trash, args=(trash,), name="keras_ckpt-delete", daemon=True

@@ -104,7 +104,7 @@ CRASH_POINTS = {
     "before-index-rename": ("rename", 3, "before"),  # record and data in, no index
     "before-state": ("state", 1, "before"),  # checkpoint complete, state file not updated
     "state-temp-written": ("write_bytes", 2, "after"),  # (1: the record) checkpoint.tmp-*
-    "mid-rotation": ("remove", 2, "before"),  # oldest: index deleted, data and record not
+    "mid-rotation": ("move", 2, "before"),  # oldest: index moved to the trash, the rest not
 }
 
 

@@ -179,6 +179,8 @@ def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_noth
     assert sum(p.startswith("rename ckpt-3") for p in points) == 3, points  # record, data, index
     assert "rename checkpoint" in points, points  # the state file, last
     assert ("write model.json" in " ".join(points)) == (not earlier), points
+    # The save ends at the commit point; the rotation after it is tested below.
+    points = points[: points.index("rename checkpoint") + 1]
 
     for k, point in enumerate(points, start=1):
         directory = tmp_path / f"fault-{k}"
@@ -209,6 +211,35 @@ def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_noth
         restore(fresh, directory)
         assert weights_equal(fresh, model)
         shutil.rmtree(directory)
+
+
+@pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("failing", ["makedirs .tmp-trash-*", "rename ckpt-1.index"])
+def test_a_failure_while_rotating_out_still_deletes_the_old_and_keeps_the_new(
+    tmp_path, monkeypatch, async_save, failing
+):
+    # Deletion moves files into a trash folder; if the disk refuses that, they are unlinked
+    # on the spot (which frees space: what a full disk needs), and the save stands.
+    disk = FullDisk(monkeypatch)
+    model = tiny_model()
+    with _open(tmp_path / "count", model, async_save, (1, 2)) as mgr:
+        disk.arm(None)
+        mgr.save(step=3)
+        mgr.wait()
+        disk.disarm()
+    k = disk.calls.index(failing) + 1
+    assert k > disk.calls.index("rename checkpoint") + 1  # after the commit point
+
+    directory = tmp_path / "fault"
+    mgr = _open(directory, model, async_save, (1, 2))
+    disk.arm(k)
+    mgr.save(step=3)
+    mgr.wait()
+    disk.disarm()
+    assert disk.failed == failing
+    assert [i.step for i in mgr.checkpoints] == [2, 3]
+    mgr.close()
+    _assert_only(directory, (2, 3))
 
 
 # -- a disk that fills up during fit ----------------------------------------------------------

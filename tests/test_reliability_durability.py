@@ -96,8 +96,14 @@ def test_every_file_is_fsynced_before_the_state_file_names_the_checkpoint(tmp_pa
         events.clear()
         mgr.save(step=8)  # a rotating save: ckpt-4 is deleted only after the commit point
         commit = _check_commit(events, directory, 8)
-        gone = [i for i, e in enumerate(events) if e[0] == "remove" and "ckpt-4." in e[1]]
+        gone = [  # moved into a trash folder, unlinked from there in the background
+            i
+            for i, e in enumerate(events)
+            if e[0] == "rename" and "ckpt-4." in e[1] and "/.tmp-trash-" in e[2]
+        ]
         assert len(gone) == 3 and min(gone) > commit, events
+        order = [os.path.basename(events[i][1]) for i in gone]
+        assert order[0] == "ckpt-4.index" and order[-1] == "ckpt-4.json", order
     assert not os.path.exists(os.path.join(directory, "ckpt-4.index"))
     assert sorted(os.listdir(directory)) == sorted(
         [".lock", "checkpoint", "model.json", "ckpt-8.index", "ckpt-8.json"]
