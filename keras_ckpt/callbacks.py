@@ -182,6 +182,8 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._batches += 1
+        if self._batches == 1:  # the optimizer is built by its first step, not before
+            self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False)
 

@@ -466,6 +466,15 @@ class CheckpointManager:
             self._reload()
             raise
 
+    def _prepare(self) -> None:
+        """Maps the host buffers of asynchronous saves while training starts (callbacks)."""
+        if not (self.async_save and self.is_chief) or self._closed:
+            return
+        try:
+            self._snapshots.prepare()
+        except Exception as exc:  # only an early start: the first save does it otherwise
+            logger.debug("keras_ckpt: no early snapshot buffers (%s)", exc)
+
     def wait(self) -> None:
         """Waits for the write in flight (and the unlinking of deleted checkpoints).
 

@@ -147,7 +147,7 @@ class SyncWriter:
 _BACKGROUND_NICE = 19
 
 
-def _lower_priority() -> None:
+def lower_priority() -> None:
     """Lets the training threads have the CPU first: renices this thread (Linux only).
 
     On Linux every thread has its own nice value and the threads it starts inherit it, so
@@ -175,7 +175,7 @@ class AsyncWriter:
 
     def _run(self, job: Callable[[], None]) -> None:
         if _BACKGROUND_NICE:
-            _lower_priority()
+            lower_priority()
         try:
             job()
         except BaseException as exc:  # re-raised on the training thread by check()

@@ -260,3 +260,34 @@ def test_values_that_cannot_share_a_host_buffer_are_copied_on_their_own(tmp_path
     assert held["model/empty/.ATTRIBUTES/VARIABLE_VALUE"].shape == (0, 4)
     kernel = next(k for k in held if "kernel" in k)
     np.testing.assert_array_equal(held[kernel], model.dense.kernel.numpy() - 1.0)
+
+
+class _Spy(keras.callbacks.Callback):
+    """Notes the async callback's host buffers after the first batch and the first save."""
+
+    def __init__(self, cb: RotatingCheckpoint) -> None:
+        super().__init__()
+        self.cb = cb
+        self.at_first_batch: list[int] | None = None
+        self.after_first_save: list[int] | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.at_first_batch is None:
+            self.at_first_batch = _buffer_addresses(self.cb.manager._snapshots)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            self.after_first_save = _buffer_addresses(self.cb.manager._snapshots)
+
+
+def test_the_callback_maps_the_async_buffers_after_the_first_batch_for_the_first_save(tmp_path):
+    model = _varied_model()
+    x, y = tiny_data()
+    cb = RotatingCheckpoint(tmp_path / "run", async_save=True)
+    spy = _Spy(cb)  # after cb: sees its first batch and its first save
+    model.fit(x, y, batch_size=8, epochs=2, callbacks=[cb, spy], verbose=0)
+    assert spy.at_first_batch and spy.at_first_batch == spy.after_first_save  # one arena
+    assert [i.step for i in cb.checkpoints] == [4, 8]
+    fresh = _varied_model()
+    fresh.optimizer.build(fresh.trainable_variables)
+    tf.train.Checkpoint(model=fresh).read(cb.checkpoints[0].path).assert_existing_objects_matched()
