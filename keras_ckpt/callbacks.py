@@ -172,6 +172,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
         token = _fit_frame_token()
         self.manager._active_check = lambda: _frame_alive(token)
+        self.manager._prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
         self._last_time = time.monotonic()
         self._epochs_done = 0

@@ -470,6 +470,9 @@ class CheckpointManager:
         """Maps the host buffers of asynchronous saves while training starts (callbacks)."""
         if not (self.async_save and self.is_chief) or self._closed:
             return
+        optimizer = getattr(self.model, "optimizer", None) if self.save_optimizer else None
+        if optimizer is not None and not getattr(optimizer, "built", True):
+            return  # Keras builds it in the first step: the callback asks again then
         try:
             self._snapshots.prepare()
         except Exception as exc:  # only an early start: the first save does it otherwise

@@ -291,3 +291,17 @@ def test_the_callback_maps_the_async_buffers_after_the_first_batch_for_the_first
     fresh = _varied_model()
     fresh.optimizer.build(fresh.trainable_variables)
     tf.train.Checkpoint(model=fresh).read(cb.checkpoints[0].path).assert_existing_objects_matched()
+
+
+def test_a_resumed_fit_has_the_async_buffers_mapped_from_train_begin(tmp_path):
+    model = _varied_model()
+    x, y = tiny_data()
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)  # the optimizer is built now
+    cb = RotatingCheckpoint(tmp_path / "run", async_save=True)
+    cb.set_model(model)
+    cb.on_train_begin()
+    before = _buffer_addresses(cb.manager._snapshots)
+    assert len(before) >= 20  # weights, slots and counters: the whole plan
+    cb.on_train_batch_end(0)
+    assert _buffer_addresses(cb.manager._snapshots) == before  # not mapped twice
+    cb.close()
