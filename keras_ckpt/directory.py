@@ -443,15 +443,13 @@ class CheckpointDirectory:
             return
         names = _fs.list_dir(self.path)
         files = [f for info in doomed for f in _owned_files(info.name, names)]
-        if not _fs.is_local(self.path):
-            for fname in files:
-                _fs.remove(_fs.join(self.path, fname))
-            return
-        trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")
-        try:
-            _fs.makedirs(trash)
-        except Exception:  # a full disk may refuse even a folder: unlink here, freeing space
-            trash = None
+        trash = None  # elsewhere than on a local disk: removed here, one by one
+        if _fs.is_local(self.path):
+            trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")
+            try:
+                _fs.makedirs(trash)
+            except Exception:  # a full disk may refuse even a folder: unlink here, freeing space
+                trash = None
         for fname in files:
             path = _fs.join(self.path, fname)
             try:
