@@ -12,43 +12,26 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import tensorflow as tf
-
 from keras_ckpt import _dist, _fs, _messages
 from keras_ckpt._io import say
+from keras_ckpt._lock import DirectoryLock
+from keras_ckpt._planning import SavePlanner
 from keras_ckpt._snapshot import Snapshotter
-from keras_ckpt.directory import CheckpointDirectory, DirectoryLock
-from keras_ckpt.errors import CheckpointError, MonitorNotFoundError
+from keras_ckpt.directory import CheckpointDirectory
+from keras_ckpt.errors import CheckpointError
 from keras_ckpt.info import CheckpointInfo, clean_metrics
-from keras_ckpt.policies import KeepAny, KeepBest, KeepLast, KeepPolicy, as_policies
+from keras_ckpt.policies import KeepLast, KeepPolicy, as_policies
 from keras_ckpt.writer import AsyncWriter, SyncWriter, take_snapshot
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CheckpointManager"]
 
-# a save to make: the new checkpoint, the kept list after it, the checkpoints it replaces
-_Plan = tuple[CheckpointInfo, list[CheckpointInfo], list[CheckpointInfo]]
-
 
 def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     return verbose
-
-
-def _weights_finite(model: Any) -> bool:
-    """True if every floating-point trainable weight of `model` is finite (one reduction).
-
-    Under `MultiWorkerMirroredStrategy` reading a variable may be a collective: every worker
-    must call this at the same point (see `_follow_chief`).
-    """
-    checks = [
-        tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(w)))
-        for w in getattr(model, "trainable_weights", [])
-        if tf.as_dtype(w.dtype).is_floating
-    ]
-    return bool(tf.reduce_all(checks)) if checks else True
 
 
 def _describe(exc: BaseException) -> str:
@@ -96,30 +79,25 @@ class CheckpointManager:
         async_save: bool = False,
         verbose: int = 0,
     ) -> None:
-        self._policies = as_policies(keep, KeepLast(3))
-        self._policy = KeepAny(self._policies)
         self.verbose = _check_verbose(verbose)
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.model = model
         self.directory = _fs.fspath(directory)
         self._dir = CheckpointDirectory(self.directory)
+        self._planner = SavePlanner(
+            model, as_policies(keep, KeepLast(3)), self.directory, self._dir.prefix
+        )
         self._writer = AsyncWriter() if async_save else SyncWriter()
         self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
         self._lock = DirectoryLock(self.directory, self)
         self._active_check = None
         self._closed = False
-        self._offset: int | None = None
-        self._counter = 0
         self._model_json_written = False
-        self._warned_diverged = False
         self._strategy = _dist.multi_worker_strategy(model)
         self.is_chief = _dist.is_chief(self._strategy)
-        self._kept: list[CheckpointInfo] = []
-        self._newest_step = -1
         self._saved_since_log: list[int] = []
         self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
-        self._start = time.time()
         if self.is_chief:
             _fs.makedirs(self.directory, durable=True)
             self._lock.acquire()
@@ -137,82 +115,36 @@ class CheckpointManager:
                 f"`keras-ckpt verify {self.directory}`.",
                 stacklevel=3,
             )
-        self._kept = found.kept
-        self._newest_step = max(self._newest_step, found.newest_step)
+        planner = self._planner
+        planner.kept = found.kept
+        planner.newest_step = max(planner.newest_step, found.newest_step)
         if found.start is not None:
-            self._start = found.start
+            planner.start = found.start
         elif found.kept:
-            self._start = min(self._start, found.kept[0].saved_at)
+            planner.start = min(planner.start, found.kept[0].saved_at)
         if cleanup:
-            self._dir.sync_state(self._kept, self._start)
+            self._dir.sync_state(planner.kept, planner.start)
 
     @property
     def checkpoints(self) -> list[CheckpointInfo]:
         """The kept checkpoints, oldest first."""
-        return list(self._kept)
+        return list(self._planner.kept)
 
     @property
     def latest(self) -> CheckpointInfo | None:
         """The newest kept checkpoint, or None."""
-        return self._kept[-1] if self._kept else None
+        kept = self._planner.kept
+        return kept[-1] if kept else None
 
     @property
     def policies(self) -> tuple[KeepPolicy, ...]:
-        return self._policies
+        return self._planner.policies
 
     def best(self, monitor: str | None = None) -> CheckpointInfo | None:
         """The best kept checkpoint by the first `KeepBest` policy (or `monitor`)."""
-        for policy in self._policies:
-            if isinstance(policy, KeepBest) and monitor in (None, policy.monitor):
-                return policy.best(self._kept)
-        if monitor is not None:
-            return KeepBest(monitor=monitor).best(self._kept)
-        return None
+        return self._planner.best(monitor)
 
     # -- saving ---------------------------------------------------------------------------------
-
-    def _optimizer_step(self) -> int | None:
-        optimizer = getattr(self.model, "optimizer", None)
-        iterations = getattr(optimizer, "iterations", None)
-        if iterations is None:
-            return None
-        return int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
-
-    def _current_step(self) -> int:
-        """The step training is at, numbered as a save would number it (no side effects)."""
-        base = self._optimizer_step()
-        if base is None:
-            return self._counter
-        if self._offset is not None:
-            return base + self._offset
-        return base + (self._newest_step if base < self._newest_step else 0)
-
-    def _auto_step(self) -> int:
-        base = self._optimizer_step()
-        if base is None:
-            self._counter += 1
-            base = self._counter
-        if self._offset is None:
-            self._offset = 0
-            if base < self._newest_step:
-                self._offset = self._newest_step
-                warnings.warn(
-                    f"{self.directory} already holds checkpoints up to step "
-                    f"{self._newest_step}, but this run starts at step {base}: it did not "
-                    f"resume (call keras_ckpt.resume(model, {self.directory!r}) first to "
-                    f"continue). New checkpoints are numbered from {self._newest_step} on.",
-                    stacklevel=4,
-                )
-        return base + self._offset
-
-    def _check_monitors(self, metrics: dict[str, float]) -> None:
-        for policy in self._policies:
-            if isinstance(policy, KeepBest) and policy.monitor not in metrics:
-                names = ", ".join(sorted(metrics)) or "none"
-                raise MonitorNotFoundError(
-                    f"KeepBest monitors {policy.monitor!r}, which is not among the metrics "
-                    f"passed to save(): {names}. Pass it in `metrics=` or monitor one of them."
-                )
 
     def save(
         self,
@@ -238,21 +170,22 @@ class CheckpointManager:
             raise CheckpointError(f"The CheckpointManager of {self.directory} is closed.")
         self._raise_background_error()
         values = clean_metrics(metrics)
-        self._check_monitors(values)
+        planner = self._planner
+        planner.check_monitors(values)
         if step is None:
-            step = self._auto_step()
+            step = planner.auto_step()
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
         if self._strategy is None:
-            plan = self._plan(step, values, epoch)
+            plan = planner.plan(step, values, epoch)
         else:
-            plan = self._follow_chief(step, values, epoch)
+            plan = planner.follow_chief(self._strategy, self.is_chief, step, values, epoch)
         if plan is None:
             return None
         info, kept, doomed = plan
-        self._newest_step = info.step
+        planner.newest_step = info.step
         if not self.is_chief:
-            self._kept = kept
+            planner.kept = kept
             self._write_elsewhere()
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
@@ -267,13 +200,13 @@ class CheckpointManager:
             label = self._label or f"Step {info.step}"
             lines.append(
                 _messages.saved_line(
-                    label, info, self._policies, self._kept, self._start, self.async_save
+                    label, info, planner.policies, planner.kept, planner.start, self.async_save
                 )
             )
-            lines += [_messages.deleted_line(label, gone, self._policies) for gone in doomed]
-        self._kept = kept
+            lines += [_messages.deleted_line(label, gone, planner.policies) for gone in doomed]
+        planner.kept = kept
         self._saved_since_log.append(info.step)
-        start = self._start
+        start = planner.start
 
         def job() -> None:
             try:
@@ -306,96 +239,6 @@ class CheckpointManager:
                 raise
         return info
 
-    def _plan(
-        self,
-        step: int,
-        values: dict[str, float],
-        epoch: int | None,
-        finite: bool | None = None,
-    ) -> _Plan | None:
-        """The new checkpoint, what stays and what goes; None if no keep policy wants it.
-
-        `finite`: whether the weights are finite, if already known (else read when needed).
-        """
-        if step <= self._newest_step:
-            if step != self._newest_step or self.latest is None:
-                logger.warning(
-                    "Not saving step %d: %s holds step %d.",
-                    step,
-                    self.directory,
-                    self._newest_step,
-                )
-            return None
-        info = CheckpointInfo(
-            path=self._dir.prefix(step),
-            step=int(step),
-            epoch=None if epoch is None else int(epoch),
-            metrics=values,
-            saved_at=time.time(),
-        )
-        if not self._policy.wants(info, self._kept, self._start):
-            return None
-        kept = [*self._kept, info]
-        protected = self._policy.protected(kept, self._start)
-        if info.step not in protected:
-            return None
-        if self._diverged(info, finite):
-            return None
-        doomed = [i for i in kept if i.step not in protected]
-        return info, [i for i in kept if i.step in protected], doomed
-
-    def _follow_chief(
-        self, step: int, values: dict[str, float], epoch: int | None
-    ) -> _Plan | None:
-        """Multi-worker: the chief plans, every worker adopts its decision and step.
-
-        The other workers' state (metrics, clock, what they know of the directory) may
-        differ from the chief's, so they do not decide for themselves: if they did, one
-        could join a collective read the chief never starts (see `_dist`). Their `kept`
-        list mirrors the chief's saves in memory; the chief's files are the truth.
-        """
-        finite = _weights_finite(self.model) if self._judges_weights() else None  # all read
-        plan = self._plan(step, values, epoch, finite) if self.is_chief else None
-        mine = [1, plan[0].step] if plan is not None else [0, 0]
-        wanted, chief_step = _dist.from_chief(self._strategy, mine, self.is_chief)
-        if self.is_chief:
-            return plan
-        if not wanted:
-            return None
-        info = CheckpointInfo(self._dir.prefix(chief_step), chief_step, epoch, values, time.time())
-        kept = [*(i for i in self._kept if i.step < chief_step), info]
-        protected = self._policy.protected(kept, self._start) | {chief_step}
-        return info, [i for i in kept if i.step in protected], []
-
-    def _judges_weights(self) -> bool:
-        return any(isinstance(p, KeepBest) for p in self._policies)
-
-    def _diverged(self, info: CheckpointInfo, finite: bool | None = None) -> bool:
-        """True (and a warning) if a `KeepBest` manager is about to save non-finite weights.
-
-        A diverged model can score a finite, even better metric (a NaN classifier predicts
-        one class for everything), so the metric alone cannot keep it out; nor should it
-        take a `KeepLast` slot next to a `KeepBest` policy. Checked only when a save is due,
-        except under `MultiWorkerMirroredStrategy`, where every worker reads the weights at
-        every save point (`finite`), so that the reads stay collective.
-        """
-        if not self._judges_weights():
-            return False
-        if finite is None:
-            finite = _weights_finite(self.model)
-        if finite:
-            return False
-        message = (
-            f"Not saving {info.path}: the model's weights are not finite (NaN or inf; "
-            "training diverged). A diverged model never replaces a kept checkpoint."
-        )
-        if not self._warned_diverged:
-            self._warned_diverged = True
-            warnings.warn(message, stacklevel=5)
-        else:
-            logger.warning(message)
-        return True
-
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
         return CheckpointError(
             f"Saving {info.path} failed: {_describe(exc)}. Earlier checkpoints in "
@@ -409,7 +252,7 @@ class CheckpointManager:
         extra: dict[str, Any] = {
             "with_optimizer": bool(self.save_optimizer and optimizer is not None),
             "optimizer_step": None if iterations is None else int(iterations.numpy()),
-            "step_offset": self._offset or 0,
+            "step_offset": self._planner.offset or 0,
         }
         if not self._model_json_written:
             text = None
@@ -444,7 +287,7 @@ class CheckpointManager:
         self._raise_background_error()  # a failed background save is news at every epoch end
         record: dict[str, Any] = {
             "epoch": int(epoch),
-            "step": self._current_step(),
+            "step": self._planner.current_step(),
             "time": time.time(),
             "saved": self._saved_since_log,
         }
