@@ -74,7 +74,7 @@ def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dic
     return found
 
 
-def _saveable_variables(model: Any) -> dict[int, Any]:
+def saveable_variables(model: Any) -> dict[int, Any]:
     """The model's variables that a checkpoint can hold: those its object graph reaches.
 
     Some Keras 3 state is in `model.variables` but not tracked for checkpoints (the seed of
@@ -175,7 +175,7 @@ def restore_into(
     seen: set[int] = set()
     model_side = _walk(graph, model_node, model, skip="optimizer", seen=seen)
     match = _Match()
-    _pair(graph, model_side, reader, _saveable_variables(model), match)
+    _pair(graph, model_side, reader, saveable_variables(model), match)
 
     live_optimizer = getattr(model, "optimizer", None) if optimizer else None
     opt_node = _root_child(graph, "optimizer", model_node)

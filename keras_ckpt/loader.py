@@ -24,6 +24,7 @@ from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
+from keras_ckpt._untracked import restore_recorded
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -103,6 +104,7 @@ def restore(
     prefix = _resolve(checkpoint)
     info = info_of(prefix)  # a garbled record raises here, before any variable changes
     restore_into(model, prefix, strict=strict)
+    restore_recorded(model, prefix)  # random-number state TF's checkpoint leaves out
     return info
 
 
@@ -154,6 +156,7 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
     for info in reversed(kept):
         try:
             optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=3)
+            restore_recorded(model, info.path)
         except CheckpointCorruptError as exc:
             warnings.warn(
                 f"resume: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "

@@ -17,6 +17,7 @@ from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
 from keras_ckpt._snapshot import Snapshotter
+from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
 from keras_ckpt.errors import CheckpointError
 from keras_ckpt.info import CheckpointInfo, clean_metrics
@@ -90,6 +91,7 @@ class CheckpointManager:
         )
         self._writer = AsyncWriter() if async_save else SyncWriter()
         self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
+        self._untracked = UntrackedState(model)  # SeedGenerator states, for `resume`
         self._lock = DirectoryLock(self.directory, self)
         self._active_check = None
         self._closed = False
@@ -254,6 +256,9 @@ class CheckpointManager:
             "optimizer_step": None if iterations is None else int(iterations.numpy()),
             "step_offset": self._planner.offset or 0,
         }
+        untracked = self._untracked.record()
+        if untracked:
+            extra[RECORD_KEY] = untracked
         if not self._model_json_written:
             text = None
             to_json = getattr(self.model, "to_json", None)

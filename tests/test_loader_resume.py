@@ -39,15 +39,19 @@ def _fit(model, callbacks, epochs, initial_epoch=0):
     )
 
 
+def _crash_after_two_epochs(model, directory: str, epochs: int) -> None:
+    """Trains with a RotatingCheckpoint (2 kept) until a simulated crash after epoch 2."""
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit(model, [RotatingCheckpoint(directory, max_to_keep=2), Interrupt(2)], epochs=epochs)
+
+
 def test_two_epochs_then_resume_for_three_equals_five_uninterrupted(tmp_path):
     keras.utils.set_random_seed(0)
     reference = tiny_model(seed=0)
     _fit(reference, [], epochs=5)
 
     directory = str(tmp_path / "run")
-    first = tiny_model(seed=0)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit(first, [RotatingCheckpoint(directory, max_to_keep=2), Interrupt(2)], epochs=5)
+    _crash_after_two_epochs(tiny_model(seed=0), directory, epochs=5)
     assert [i.step for i in list_checkpoints(directory)] == [8, 16]
 
     second = tiny_model(seed=1)  # a new process would start from other random weights
@@ -143,3 +147,43 @@ def test_resume_into_uncompiled_model_warns_that_optimizer_state_is_not_restored
     with pytest.warns(UserWarning, match="uncompiled"):
         assert resume(model, source) == 3
     assert_weights(model, per_epoch[3])
+
+
+def _dropout_model(seed: int) -> keras.Model:
+    """A regressor with Dropout and a random augmentation layer (SeedGenerator state)."""
+    keras.utils.set_random_seed(seed)  # also picks the SeedGenerators' initial seeds
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.GaussianNoise(0.1, name="noise"),
+            keras.layers.Dense(16, activation="relu", name="body"),
+            keras.layers.Dropout(0.5, name="drop"),
+            keras.layers.Dense(1, name="head"),
+        ]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def _seed_states(model) -> list:
+    return [v.numpy().tolist() for v in model.variables if "seed_generator" in v.path]
+
+
+def test_resume_with_dropout_continues_the_random_masks_exactly(tmp_path):
+    reference = _dropout_model(seed=0)
+    _fit(reference, [], epochs=4)
+
+    directory = str(tmp_path / "run")
+    first = _dropout_model(seed=0)
+    _crash_after_two_epochs(first, directory, epochs=4)
+    at_crash = _seed_states(first)
+    assert len(at_crash) == 2 and at_crash != _seed_states(_dropout_model(seed=1))
+
+    second = _dropout_model(seed=1)  # a new process: other weights and other seeds
+    initial_epoch = resume(second, directory)
+    assert initial_epoch == 2
+    assert _seed_states(second) == at_crash  # the masks continue where the run stopped
+    _fit(second, [], 4, initial_epoch)
+
+    assert_weights(second, reference.get_weights(), atol=1e-6)
+    assert _seed_states(second) == _seed_states(reference)
