@@ -66,7 +66,10 @@ class UntrackedState:
         self._variables: list[Any] = []
 
     def record(self) -> list[dict[str, Any]]:
-        """`[{"path", "dtype", "value"}, ...]` for the record (empty for most models)."""
+        """`[{"path", "dtype", "value"}, ...]` for the record (empty for most models).
+
+        A variable that cannot be read is left out (logged): it never fails a save.
+        """
         signature = list(getattr(self.model, "variables", None) or [])
         if (
             self._signature is None
@@ -75,14 +78,16 @@ class UntrackedState:
         ):
             self._variables = untracked_variables(self.model)
             self._signature = signature
-        return [
-            {
-                "path": _path(v),
-                "dtype": tf.as_dtype(v.dtype).name,
-                "value": np.asarray(v).tolist(),
-            }
-            for v in self._variables
-        ]
+        out = []
+        for variable in self._variables:
+            try:
+                value = np.asarray(variable).tolist()
+            except Exception as exc:  # never fail a save over random-number state
+                logger.info("keras_ckpt: %s not recorded (%s)", _path(variable), exc)
+                continue
+            dtype = tf.as_dtype(variable.dtype).name
+            out.append({"path": _path(variable), "dtype": dtype, "value": value})
+        return out
 
 
 def put_back(model: Any, records: Any) -> int:

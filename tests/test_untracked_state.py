@@ -97,3 +97,18 @@ def test_records_that_do_not_fit_are_skipped_and_weights_still_restore(tmp_path)
     assert put_back(other, garbage) == 0
     assert put_back(other, "not a list") == 0
     assert _states(other) == before
+
+
+def test_state_that_cannot_be_read_never_fails_a_save(tmp_path, monkeypatch):
+    class Unreadable:
+        path, dtype = "broken/seed_generator_state", "int64"
+
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("device lost")
+
+    monkeypatch.setattr("keras_ckpt._untracked.untracked_variables", lambda model: [Unreadable()])
+    with CheckpointManager(tmp_path, _noisy_model(), keep=KeepLast(1)) as manager:
+        info = manager.save(step=1)
+    with open(info.path + ".json") as f:
+        assert RECORD_KEY not in json.load(f)
+    restore(_noisy_model(seed=3), info.path)
