@@ -69,8 +69,41 @@ def main(workdir: str) -> None:
         "best": best.best_checkpoint,
         "best_value": best.best_value,
     }
+    result.update(_dropout_states(strategy, workdir, x, y))
     with open(os.path.join(workdir, "result.json"), "w") as f:
         json.dump(result, f)
+
+
+def _dropout_states(strategy, workdir: str, x, y) -> dict:
+    """A mirrored model with Dropout: its generator state is recorded and restored."""
+    import keras
+
+    def build(seed: int):
+        keras.utils.set_random_seed(seed)
+        with strategy.scope():
+            model = keras.Sequential(
+                [keras.Input((4,)), keras.layers.Dropout(0.5), keras.layers.Dense(1)]
+            )
+            model.compile(optimizer="adam", loss="mse")
+        return model
+
+    def states(model) -> list:
+        return [v.numpy().tolist() for v in model.variables if "seed_generator" in v.path]
+
+    model = build(0)
+    directory = os.path.join(workdir, "run-dropout")
+    callback = RotatingCheckpoint(directory, max_to_keep=1, async_save=True)
+    model.fit(x, y, batch_size=16, epochs=1, callbacks=[callback], verbose=0)
+    with open(callback.checkpoints[-1].path + ".json") as f:
+        recorded = [e["value"] for e in json.load(f)["untracked_variables"]]
+    again = build(1)
+    restore(again, directory)
+    return {
+        "dropout_trained": states(model),
+        "dropout_recorded": recorded,
+        "dropout_restored": states(again),
+        "dropout_fresh": states(build(1)),
+    }
 
 
 if __name__ == "__main__":

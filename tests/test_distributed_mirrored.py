@@ -93,3 +93,10 @@ def test_mirrored_best_checkpoint_holds_the_weights_it_was_scored_with(mirrored)
     x_val, y_val = tiny_data(32, seed=1)
     loss = plain.evaluate(x_val, y_val, verbose=0, return_dict=True)["loss"]
     assert loss == pytest.approx(result["best_value"], rel=1e-5)
+
+
+def test_mirrored_dropout_generator_state_is_recorded_and_restored(mirrored):
+    _, result = mirrored
+    assert result["dropout_recorded"] == result["dropout_trained"]
+    assert result["dropout_trained"][0][1] == 4  # 4 steps drew 4 masks
+    assert result["dropout_restored"] == result["dropout_trained"] != result["dropout_fresh"]

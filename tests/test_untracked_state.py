@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import tiny_model
 
-from keras_ckpt import CheckpointManager, KeepLast, restore
+from keras_ckpt import CheckpointManager, KeepLast, load_model, restore, resume
 from keras_ckpt._untracked import RECORD_KEY, put_back
 
 
@@ -93,10 +93,90 @@ def test_records_that_do_not_fit_are_skipped_and_weights_still_restore(tmp_path)
     for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
         assert np.array_equal(a, b)
 
-    garbage = [None, {"path": 3}, {"value": "x"}, "text"]
-    assert put_back(other, garbage) == 0
-    assert put_back(other, "not a list") == 0
+    assert put_back(other, None) == 0
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        [
+            {"path": ["x"], "dtype": 5, "value": [1, 2]},
+            {"dtype": "int64", "value": [1.5, 2]},
+        ],
+        "not a list",
+        [None, "text"],
+    ],
+    ids=["bad-entries", "not-a-list", "not-dicts"],
+)
+def test_a_garbled_record_warns_and_still_restores_the_weights(tmp_path, garbage):
+    model = _noisy_model()
+    with CheckpointManager(tmp_path, model) as manager:
+        info = manager.save(step=1)
+    with open(info.path + ".json") as f:
+        record = json.load(f)
+    record[RECORD_KEY] = garbage
+    with open(info.path + ".json", "w") as f:
+        json.dump(record, f)
+
+    other = _noisy_model(seed=7)
+    before = _states(other)
+    with pytest.warns(UserWarning, match="malformed.*restart from their seeds"):
+        restore(other, info.path)
     assert _states(other) == before
+    for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
+        assert np.array_equal(a, b)
+    with pytest.warns(UserWarning, match="malformed"):
+        assert resume(_noisy_model(seed=7), str(tmp_path)) == 0  # no epoch recorded
+
+
+def test_one_bad_entry_leaves_the_others_in_place(tmp_path):
+    model = _noisy_model()
+    _advance(model)
+    at_save = _states(model)
+    with CheckpointManager(tmp_path, model) as manager:
+        info = manager.save(step=1)
+    with open(info.path + ".json") as f:
+        record = json.load(f)
+    record[RECORD_KEY][0]["value"] = "garbled"
+    with open(info.path + ".json", "w") as f:
+        json.dump(record, f)
+    other = _noisy_model(seed=7)
+    first_before = _states(other)[0]
+    with pytest.warns(UserWarning, match="malformed"):
+        restore(other, info.path)
+    assert _states(other) == [first_before, at_save[1]]  # paired by position all the same
+
+
+def test_a_partial_restore_leaves_the_generators_alone(tmp_path):
+    model = _noisy_model()
+    _advance(model)
+    with CheckpointManager(tmp_path, model) as manager:
+        info = manager.save(step=1)
+    keras.utils.set_random_seed(5)
+    other = keras.Sequential(  # another head: strict=False restores the body only
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(8, name="body"),
+            keras.layers.Dropout(0.5, name="drop"),
+            keras.layers.GaussianNoise(0.1, name="noise"),
+            keras.layers.Dense(3, name="head"),
+        ]
+    )
+    before = _states(other)
+    with pytest.warns(UserWarning, match="skipped"):
+        restore(other, info.path, strict=False)
+    assert _states(other) == before
+    assert np.array_equal(
+        other.get_layer("body").kernel.numpy(), model.get_layer("body").kernel.numpy()
+    )
+
+
+def test_load_model_puts_the_generators_back(tmp_path):
+    model = _noisy_model()
+    _advance(model)
+    with CheckpointManager(tmp_path, model) as manager:
+        info = manager.save(step=1)
+    assert _states(load_model(info.path)) == _states(model)
 
 
 def test_state_that_cannot_be_read_never_fails_a_save(tmp_path, monkeypatch):
@@ -108,7 +188,12 @@ def test_state_that_cannot_be_read_never_fails_a_save(tmp_path, monkeypatch):
 
     monkeypatch.setattr("keras_ckpt._untracked.untracked_variables", lambda model: [Unreadable()])
     with CheckpointManager(tmp_path, _noisy_model(), keep=KeepLast(1)) as manager:
-        info = manager.save(step=1)
+        info = manager.save(step=1)  # no error
     with open(info.path + ".json") as f:
-        assert RECORD_KEY not in json.load(f)
-    restore(_noisy_model(seed=3), info.path)
+        (entry,) = json.load(f)[RECORD_KEY]
+    assert entry["path"] == "broken/seed_generator_state" and entry["value"] is None
+    monkeypatch.undo()
+    other = _noisy_model(seed=3)
+    before = _states(other)
+    restore(other, info.path)  # 1 entry, 2 generators: nothing paired, weights restored
+    assert _states(other) == before
