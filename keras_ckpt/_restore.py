@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from keras_ckpt import _dist
 from keras_ckpt._reader import CheckpointReader
+from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
 from keras_ckpt.errors import CheckpointMismatchError
 
 _VALUE = "VARIABLE_VALUE"
@@ -74,33 +75,6 @@ def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dic
     return found
 
 
-def saveable_variables(model: Any) -> dict[int, Any]:
-    """The model's variables that a checkpoint can hold: those its object graph reaches.
-
-    Some Keras 3 state is in `model.variables` but not tracked for checkpoints (the seed of
-    a `Dropout` layer's SeedGenerator): TensorFlow never saves it, so it is never "missing".
-    """
-    wanted = {id(v): v for v in model.variables}
-    view = tf.train.TrackableView(model)
-    reached: dict[int, Any] = {}
-    seen = {id(model)}
-    queue = collections.deque([model])
-    while queue:
-        obj = queue.popleft()
-        try:
-            children = view.children(obj)
-        except Exception:  # an object TF cannot list holds nothing TF would save either
-            continue
-        for name, child in children.items():
-            if (obj is model and name == "optimizer") or id(child) in seen:
-                continue
-            seen.add(id(child))
-            if id(child) in wanted:
-                reached[id(child)] = child
-            queue.append(child)
-    return reached
-
-
 def _root_child(graph, name: str, node: int = 0) -> int | None:
     for ref in graph.nodes[node].children:
         if ref.local_name == name:
@@ -154,6 +128,8 @@ def restore_into(
         True if the optimizer state was restored.
     """
     reader = CheckpointReader(prefix)
+    # random-number state TF's checkpoint leaves out; only into the same architecture
+    untracked = read_recorded(prefix, stacklevel=stacklevel + 1) if strict else None
     if reader.graph is None:
         raise CheckpointMismatchError(
             f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
@@ -215,4 +191,5 @@ def restore_into(
     values = reader.read([key for _, key in pairs])
     for (variable, _), value in zip(pairs, values, strict=True):
         variable.assign(value)
+    put_back(model, untracked)
     return bool(opt_pairs)

@@ -308,6 +308,11 @@ class _HostBuffers:
             thread.join()
 
 
+def same_objects(a: list[object], b: list[object]) -> bool:
+    """True if `a` and `b` hold the same objects (by identity) in the same order."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
 class Snapshotter:
     """Takes snapshots of one model, reusing a plan while its object graph is unchanged.
 
@@ -356,8 +361,7 @@ class Snapshotter:
             self._plan is not None
             and self._signature is not None
             and signature is not None
-            and len(signature) == len(self._signature)
-            and all(a is b for a, b in zip(signature, self._signature, strict=True))
+            and same_objects(signature, self._signature)
         ):
             return self._plan
         objects, fingerprint = _walk(self.model, self.save_optimizer)

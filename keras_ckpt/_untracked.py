@@ -13,6 +13,7 @@ in `model.variables`, and only into a model whose checkpointed variables all mat
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import warnings
@@ -22,11 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ckpt import _fs
-from keras_ckpt._restore import saveable_variables
+from keras_ckpt._snapshot import same_objects
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RECORD_KEY", "UntrackedState", "read_recorded", "put_back"]
+__all__ = ["RECORD_KEY", "UntrackedState", "put_back", "read_recorded", "saveable_variables"]
 
 RECORD_KEY = "untracked_variables"
 _MAX_ELEMENTS = 64  # a seed state has 2; bigger state does not belong in a JSON record
@@ -47,6 +48,33 @@ def _recordable(variable: Any) -> bool:
         if getattr(v, "synchronization", None) == tf.VariableSynchronization.ON_READ:
             return False
     return (dtype.is_integer or dtype.is_bool) and count is not None and count <= _MAX_ELEMENTS
+
+
+def saveable_variables(model: Any) -> dict[int, Any]:
+    """The model's variables that a checkpoint can hold: those its object graph reaches.
+
+    Some Keras 3 state is in `model.variables` but not tracked for checkpoints (the seed of
+    a `Dropout` layer's SeedGenerator): TensorFlow never saves it, so it is never "missing".
+    """
+    wanted = {id(v): v for v in model.variables}
+    view = tf.train.TrackableView(model)
+    reached: dict[int, Any] = {}
+    seen = {id(model)}
+    queue = collections.deque([model])
+    while queue:
+        obj = queue.popleft()
+        try:
+            children = view.children(obj)
+        except Exception:  # an object TF cannot list holds nothing TF would save either
+            continue
+        for name, child in children.items():
+            if (obj is model and name == "optimizer") or id(child) in seen:
+                continue
+            seen.add(id(child))
+            if id(child) in wanted:
+                reached[id(child)] = child
+            queue.append(child)
+    return reached
 
 
 def untracked_variables(model: Any) -> list[Any]:
@@ -93,11 +121,7 @@ class UntrackedState:
         save, and the positions of the other entries stay right.
         """
         signature = list(getattr(self.model, "variables", None) or [])
-        if (
-            self._signature is None
-            or len(signature) != len(self._signature)
-            or any(a is not b for a, b in zip(signature, self._signature, strict=True))
-        ):
+        if self._signature is None or not same_objects(signature, self._signature):
             self._variables = untracked_variables(self.model)
             self._signature = signature
         try:
@@ -117,11 +141,19 @@ def _is_int_list(value: Any) -> bool:
     return isinstance(value, int)  # bool is an int; JSON floats and strings are not
 
 
-def read_recorded(prefix: str) -> list[dict[str, Any]] | None:
-    """The well-formed untracked-state entries of `prefix`'s record; None if there are none.
+def _well_formed(entry: Any) -> bool:
+    """A dict with a dtype name and nested ints (or None: the state was unreadable at save)."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("dtype"), str):
+        return False
+    value = entry.get("value")
+    return value is None or _is_int_list(value)
 
-    A malformed entry is kept as None (its position still counts) and warned about once:
-    the weights restore all the same, only those generators restart from their seeds.
+
+def read_recorded(prefix: str, stacklevel: int = 3) -> list[dict[str, Any] | None] | None:
+    """The untracked-state entries of `prefix`'s record; None if it has none.
+
+    A malformed entry becomes None (its position still counts), with one warning: the
+    weights restore all the same, only those generators restart from their seeds.
     """
     path = prefix + ".json"
     try:
@@ -132,21 +164,13 @@ def read_recorded(prefix: str) -> list[dict[str, Any]] | None:
     entries = record.get(RECORD_KEY) if isinstance(record, dict) else None
     if entries is None:
         return None
-    good: list[dict[str, Any] | None] = []
-    if isinstance(entries, list):
-        for entry in entries:
-            ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
-            value = entry.get("value") if ok else None
-            ok = ok and (value is None or _is_int_list(value))  # None: unreadable at save
-            good.append(entry if ok else None)
-    bad = len(entries) - sum(e is not None for e in good) if isinstance(entries, list) else 1
-    if bad:
+    good = [e if _well_formed(e) else None for e in entries] if isinstance(entries, list) else None
+    if good is None or None in good:
         warnings.warn(
             f"{path}: {RECORD_KEY} is malformed; the weights are restored, but random "
             "layers (Dropout, noise, augmentation) restart from their seeds.",
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-        return None if not isinstance(entries, list) else good
     return good
 
 

@@ -24,7 +24,6 @@ from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
-from keras_ckpt._untracked import put_back, read_recorded
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -103,10 +102,7 @@ def restore(
     """
     prefix = _resolve(checkpoint)
     info = info_of(prefix)  # a garbled record raises here, before any variable changes
-    untracked = read_recorded(prefix)  # random-number state TF's checkpoint leaves out
     restore_into(model, prefix, strict=strict)
-    if strict:  # every variable matched: the same architecture, so the same generators
-        put_back(model, untracked)
     return info
 
 
@@ -157,9 +153,7 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
         )
     for info in reversed(kept):
         try:
-            untracked = read_recorded(info.path)
             optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=3)
-            put_back(model, untracked)
         except CheckpointCorruptError as exc:
             warnings.warn(
                 f"resume: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "
@@ -227,9 +221,7 @@ def load_model(
     """
     prefix = _resolve(checkpoint)
     model = _model_json.build_model(_fs.dirname(prefix), custom_objects)
-    untracked = read_recorded(prefix)
     restore_into(model, prefix, strict=True, stacklevel=3)
-    put_back(model, untracked)  # ready to train on, as the saved model was
     return model
 
 

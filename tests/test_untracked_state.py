@@ -120,13 +120,15 @@ def test_a_garbled_record_warns_and_still_restores_the_weights(tmp_path, garbage
 
     other = _noisy_model(seed=7)
     before = _states(other)
-    with pytest.warns(UserWarning, match="malformed.*restart from their seeds"):
+    with pytest.warns(UserWarning, match="malformed.*restart from their seeds") as caught:
         restore(other, info.path)
+    assert {w.filename for w in caught} == {__file__}  # it points at the caller
     assert _states(other) == before
     for a, b in zip(other.get_weights(), model.get_weights(), strict=True):
         assert np.array_equal(a, b)
-    with pytest.warns(UserWarning, match="malformed"):
+    with pytest.warns(UserWarning, match="malformed") as caught:
         assert resume(_noisy_model(seed=7), str(tmp_path)) == 0  # no epoch recorded
+    assert {w.filename for w in caught} == {__file__}
 
 
 def test_one_bad_entry_leaves_the_others_in_place(tmp_path):
