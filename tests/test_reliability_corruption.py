@@ -177,6 +177,22 @@ def test_rotating_callback_on_a_damaged_directory_keeps_the_good_and_the_bad(run
     assert tf.train.latest_checkpoint(str(directory)) == str(directory / f"ckpt-{steps[2]}")
 
 
+def _fit_best(model, x, y, directory, val_losses) -> BestCheckpoint:
+    """One epoch per scripted val_loss with a BestCheckpoint on `directory` (warnings off)."""
+    cb = BestCheckpoint(directory, monitor="val_loss")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(
+            x,
+            y,
+            batch_size=8,
+            epochs=len(val_losses),
+            callbacks=[SetLogs("val_loss", val_losses), cb],
+            verbose=0,
+        )
+    return cb
+
+
 @pytest.mark.parametrize("kind", FOUND_BY_SIZE)
 def test_best_callback_never_lets_a_damaged_better_checkpoint_block_or_evict_a_good_one(run, kind):
     directory, weights = run  # ckpt-12 (val_loss 0.05) is the best, and about to be damaged
@@ -186,32 +202,12 @@ def test_best_callback_never_lets_a_damaged_better_checkpoint_block_or_evict_a_g
     restore(model, directory)
 
     # Worse than the best intact (0.1 at step 8): nothing saved, ckpt-8 stays best.
-    cb = BestCheckpoint(directory, monitor="val_loss")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(
-            x,
-            y,
-            batch_size=8,
-            epochs=2,
-            callbacks=[SetLogs("val_loss", [0.2, 0.15]), cb],
-            verbose=0,
-        )
+    cb = _fit_best(model, x, y, directory, [0.2, 0.15])
     assert cb.best_checkpoint == str(directory / "ckpt-8") and cb.best_value == 0.1
     assert {4, 8} <= {i.step for i in list_checkpoints(directory)}
 
     # Better than 0.1 though worse than the damaged 0.05: saved, as the new best.
-    cb = BestCheckpoint(directory, monitor="val_loss")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model.fit(
-            x,
-            y,
-            batch_size=8,
-            epochs=1,
-            callbacks=[SetLogs("val_loss", [0.09]), cb],
-            verbose=0,
-        )
+    cb = _fit_best(model, x, y, directory, [0.09])
     assert cb.best_value == 0.09
     probe = tiny_model(seed=7)
     restore(probe, cb.best_checkpoint)
