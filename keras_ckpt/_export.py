@@ -13,10 +13,8 @@ import tempfile
 from typing import Any
 
 import keras
-import tensorflow as tf
 
-from keras_ckpt import _fs
-from keras_ckpt.errors import CheckpointNotFoundError
+from keras_ckpt import _fs, _graph
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -31,62 +29,14 @@ def check_export_dir(export_dir: str) -> None:
 
 
 def write_saved_model(model: Any, export_dir: str) -> str:
-    """Exports `model` (weights already restored) with Keras' `model.export`."""
-    if not _fs.is_local(export_dir):
-        model.export(export_dir, format="tf_saved_model", verbose=False)
-        return export_dir
-    parent = os.path.dirname(os.path.abspath(export_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.tmp-", dir=parent)
-    try:
-        model.export(tmp, format="tf_saved_model", verbose=False)
-        if os.path.isdir(export_dir):
-            os.rmdir(export_dir)  # empty: checked before
-        os.rename(tmp, export_dir)
-        _fs.fsync_dir(parent)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return export_dir
-
-
-def _inputs_like(spec: Any, name: str | None = None) -> Any:
-    """A structure of `keras.Input`s matching a structure of `tf.TensorSpec`s."""
-    if isinstance(spec, dict):
-        return {k: _inputs_like(v, str(k)) for k, v in spec.items()}
-    if isinstance(spec, (list, tuple)):
-        return [_inputs_like(v) for v in spec]
-    return keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name=name)
+    """Exports `model` (weights already restored) with Keras' `model.export`, plus the record
+    that makes the export a restore target (`_graph`)."""
+    return _graph.write_saved_model(model, export_dir)
 
 
 def read_saved_model(export_dir: str) -> keras.Model:
     """A Keras model over the SavedModel's `serve` endpoint (or `serving_default`)."""
-    if not _fs.exists(_fs.join(export_dir, "saved_model.pb")):
-        raise CheckpointNotFoundError(
-            f"{export_dir} is not a SavedModel directory (no saved_model.pb). Write one with "
-            "keras_ckpt.export_saved_model(checkpoint, export_dir)."
-        )
-    loaded = tf.saved_model.load(export_dir)
-    serve = getattr(loaded, "serve", None)
-    functions = getattr(serve, "concrete_functions", None)
-    if functions:
-        args, kwargs = functions[0].structured_input_signature
-        structure = kwargs if kwargs and not args else (args[0] if len(args) == 1 else args)
-        inputs = _inputs_like(structure)
-        layer = keras.layers.TFSMLayer(export_dir, call_endpoint="serve")
-        outputs = layer(inputs)
-    elif "serving_default" in loaded.signatures:
-        signature = loaded.signatures["serving_default"]
-        inputs = _inputs_like(signature.structured_input_signature[1])
-        layer = keras.layers.TFSMLayer(export_dir, call_endpoint="serving_default")
-        outputs = layer(inputs)
-        if isinstance(outputs, dict) and len(outputs) == 1:
-            outputs = next(iter(outputs.values()))
-    else:
-        raise ValueError(
-            f"{export_dir} has neither a `serve` endpoint nor a `serving_default` signature; "
-            "load it with tf.saved_model.load."
-        )
-    return keras.Model(inputs, outputs, name="saved_model")
+    return _graph.import_saved_model(export_dir)
 
 
 def check_weights_path(path: str) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _dist
+from keras_ckpt import _dist, _graph
 from keras_ckpt._reader import CheckpointReader
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
 from keras_ckpt.errors import CheckpointMismatchError
@@ -117,7 +117,7 @@ def restore_into(
     """Restores checkpoint `prefix` into `model`; see `keras_ckpt.loader.restore`.
 
     Args:
-        model: A built Keras model.
+        model: A built Keras model, or one from `_graph.import_saved_model`.
         prefix: A resolved checkpoint prefix.
         strict: Any model-variable mismatch raises (and nothing changes).
         optimizer: Also restore the optimizer state when the model is compiled and the
@@ -127,6 +127,9 @@ def restore_into(
     Returns:
         True if the optimizer state was restored.
     """
+    graph = _graph.imported(model)
+    if graph is not None:  # a SavedModel import: matched through its record (no optimizer)
+        return graph.restore(prefix, strict=strict, stacklevel=stacklevel + 1)
     reader = CheckpointReader(prefix)
     # random-number state TF's checkpoint leaves out; only into the same architecture
     untracked = read_recorded(prefix, stacklevel=stacklevel + 1) if strict else None

@@ -5,7 +5,8 @@ parse and name its own step, every file it lists must be there with the recorded
 index must open, and every tensor must read back (TensorFlow checks each tensor's CRC32C, so
 flipped bytes are found as well as truncation). For a directory, additionally: the
 `checkpoint` state file must parse and name only checkpoints whose index exists, and
-`model.json` must parse. Nothing is written.
+`model.json` must parse and every file of `graph/` must have its recorded size. Nothing is
+written.
 
 Leftovers of an interrupted save (a record without an index, `.tmp-*` folders) are not
 problems: they were never kept, every earlier checkpoint is intact, and the next run removes
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from keras_ckpt import _fs
+from keras_ckpt import _fs, _graph
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError
@@ -125,4 +126,6 @@ def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
             json.loads(_fs.read_text(model_json))
         except (ValueError, UnicodeDecodeError) as exc:
             lines.append(f"{model_json}: not valid JSON ({exc})")
+    if _fs.isdir(_graph.graph_dir(directory)):
+        lines += _graph.problems(_graph.graph_dir(directory))
     return lines

@@ -106,6 +106,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         verbose: 1 prints one line per save and deletion, Keras-style (`Epoch 3: saved
             runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`); 2 also one line
             per save point that saved nothing.
+        save_graph: At the first save, also write the model's computation once as a
+            SavedModel in `<directory>/graph/`, so that `load_model`, `evaluate_checkpoints`
+            and `export_saved_model` work without the model's code (subclassed models).
 
     Example:
         >>> cb = CheckpointCallback("runs/mix", save=EveryNSteps(100),
@@ -124,6 +127,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         super().__init__()
         if directory is None or not _fs.fspath(directory):
@@ -143,6 +147,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.verbose = _check_verbose(verbose)
+        self.save_graph = bool(save_graph)
         self.manager: CheckpointManager | None = None
         self._batches = 0
         self._last_time = time.monotonic()
@@ -169,6 +174,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 save_optimizer=self.save_optimizer,
                 async_save=self.async_save,
                 verbose=self.verbose,
+                save_graph=self.save_graph,
             )
         token = _fit_frame_token()
         self.manager._active_check = lambda: _frame_alive(token)
@@ -292,6 +298,8 @@ class BestCheckpoint(CheckpointCallback):
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion; 2 also one per save point
             where the monitor did not improve.
+        save_graph: Write the model's computation once in `<directory>/graph/` (see
+            `CheckpointCallback`).
 
     Example:
         >>> cb = BestCheckpoint("runs/best", monitor="val_loss", keep_best=3)
@@ -312,6 +320,7 @@ class BestCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         try:
             self._best_policy = KeepBest(monitor, k=keep_best, mode=mode, min_delta=min_delta)
@@ -327,6 +336,7 @@ class BestCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_graph=save_graph,
         )
         self.monitor = monitor
 
@@ -355,6 +365,8 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        save_graph: Write the model's computation once in `<directory>/graph/` (see
+            `CheckpointCallback`).
 
     Example:
         >>> model.fit(x, y, epochs=50, callbacks=[RotatingCheckpoint("runs/last", 3)])
@@ -370,6 +382,7 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
         if keep_every_n_hours is not None:
@@ -382,6 +395,7 @@ class RotatingCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_graph=save_graph,
         )
 
 
@@ -397,6 +411,8 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        save_graph: Write the model's computation once in `<directory>/graph/` (see
+            `CheckpointCallback`).
 
     Example:
         >>> cb = TimedCheckpoint("runs/timed", every_seconds=1800, max_to_keep=4)
@@ -412,6 +428,7 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         _check_positive_number("every_seconds", every_seconds)
         keep: list[KeepPolicy] = [
@@ -427,6 +444,7 @@ class TimedCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_graph=save_graph,
         )
 
 

@@ -166,12 +166,13 @@ def _owned_files(prefix: str, names: list[str]) -> list[str]:
 
 # Exactly the names `commit` and `_fs.write_atomic` give their temporaries (12 hex digits),
 # so that a user's `.tmp-scratch/` or `checkpoint.tmp-backup` is never taken for one.
-_TMP_DIR_RE = re.compile(r"^\.tmp-(ckpt-\d+|trash)-[0-9a-f]{12}$")
+_TMP_DIR_RE = re.compile(r"^\.tmp-(ckpt-\d+|trash|graph)-[0-9a-f]{12}$")
 _TMP_FILE_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{12}$")
 
 
 def _is_temp_dir(name: str) -> bool:
-    """`.tmp-ckpt-N-<token>` (a save in progress), `.tmp-trash-<token>` (a deletion)."""
+    """`.tmp-ckpt-N-<token>` (a save in progress), `.tmp-trash-<token>` (a deletion),
+    `.tmp-graph-<token>` (`graph/` being written)."""
     return bool(_TMP_DIR_RE.match(name))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import _evaluate, _export, _fs, _listing, _model_json, _verify
+from keras_ckpt import _evaluate, _export, _fs, _graph, _listing, _model_json, _verify
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
@@ -220,16 +220,29 @@ def load_model(
         >>> model.predict(x)
     """
     prefix = _resolve(checkpoint)
-    model = _model_json.build_model(_fs.dirname(prefix), custom_objects)
+    model = _build(_fs.dirname(prefix), custom_objects)
     restore_into(model, prefix, strict=True, stacklevel=3)
     return model
+
+
+_NOT_REBUILDABLE = (ValueError, CheckpointNotFoundError, CheckpointCorruptError)
+
+
+def _build(directory: str, custom_objects: Any = None, *, compile: bool = True) -> Any:
+    """The model of `directory` from `model.json`, else imported from `graph/` (inference)."""
+    try:
+        return _model_json.build_model(directory, custom_objects, compile=compile)
+    except _NOT_REBUILDABLE as exc:  # needs code (subclassed, unregistered), or no model.json
+        return _graph.load_directory(directory, exc)
 
 
 def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
     """The model with the checkpoint's state: `model`, or one rebuilt from model.json."""
     prefix = _resolve(checkpoint, stacklevel=4)
-    if model is None:
+    if model is None and optimizer:
         model = _model_json.build_model(_fs.dirname(prefix), compile=optimizer)
+    elif model is None:  # a SavedModel export: from graph/ when model.json cannot rebuild it
+        model = _build(_fs.dirname(prefix), compile=False)
     restore_into(model, prefix, strict=True, optimizer=optimizer, stacklevel=4)
     return model
 
@@ -375,9 +388,10 @@ def evaluate_checkpoints(
         )
     if not kept:
         return []
-    original = None if model is None else model.get_weights()
+    graph = _graph.imported(model)
+    original = None if model is None else (graph.values() if graph else model.get_weights())
     if model is None:
-        model = _model_json.build_model(path)
+        model = _build(path)
     if not getattr(model, "compiled", False):
         why = (
             "the `model` passed is not compiled"
@@ -385,6 +399,8 @@ def evaluate_checkpoints(
             else f"{_model_json.model_json_path(path)} records no compile config (the model "
             "was not compiled when first saved)"
         )
+        if original is None and _graph.imported(model) is not None:
+            why = f"{_graph.graph_dir(path)} records no loss (the model was not compiled)"
         raise ValueError(
             f"evaluate_checkpoints needs a compiled model: {why}. Pass `model=` compiled "
             "with the loss and metrics to report."
@@ -392,7 +408,9 @@ def evaluate_checkpoints(
     try:
         return _evaluate.evaluate_each(model, kept, data, batch_size, verbose)
     finally:
-        if original is not None:
+        if graph is not None:
+            graph.assign(original)
+        elif original is not None:
             model.set_weights(original)
 
 

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs, _messages
+from keras_ckpt import _dist, _fs, _graph, _messages
 from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
@@ -56,6 +56,10 @@ class CheckpointManager:
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion (`Step 500: saved
             runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
+        save_graph: If True, the first save also writes the model's computation as a
+            SavedModel in `<directory>/graph/` (once per directory, atomically; never
+            rewritten), so that the checkpoints can be loaded, evaluated and exported without
+            the model's code (`load_model`, `evaluate_checkpoints`).
 
     Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
     variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
@@ -79,8 +83,10 @@ class CheckpointManager:
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         self.verbose = _check_verbose(verbose)
+        self.save_graph = bool(save_graph)
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.model = model
@@ -96,6 +102,7 @@ class CheckpointManager:
         self._active_check = None
         self._closed = False
         self._model_json_written = False
+        self._graph_written = False
         self._strategy = _dist.multi_worker_strategy(model)
         self.is_chief = _dist.is_chief(self._strategy)
         self._saved_since_log: list[int] = []
@@ -269,6 +276,9 @@ class CheckpointManager:
             if text is not None:
                 self._dir.write_model_json(text)  # a write error fails this save
             self._model_json_written = True
+        if self.save_graph and not self._graph_written:
+            _graph.write_graph(self.directory, self.model)  # kept if graph/ already exists
+            self._graph_written = True
         return extra
 
     def _write_elsewhere(self) -> None:

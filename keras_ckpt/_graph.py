@@ -1,0 +1,475 @@
+"""The model's computation as a SavedModel (`graph/`), and checkpoints restored into it.
+
+The TF2 counterpart of writing the `.meta` graph once and `saver.restore`-ing each checkpoint
+into `tf.train.import_meta_graph`: with `save_graph=True` the first save exports the model
+with Keras' `model.export` into `<directory>/graph/` (under a temporary name, renamed in;
+never rewritten), and `export_saved_model` does the same into any directory. Beside the
+SavedModel, a record (`keras_ckpt.json`) holds what a checkpoint needs to be matched to it:
+
+- `variables`: one entry per variable of the SavedModel, in its order (= `model.variables`):
+  the Keras path (`net/dense/kernel`, for messages), the object-graph path (child names from
+  the model, the way `restore` pairs a checkpoint with a live model) and the shape and dtype.
+  Imported variables are never matched by name (two of them may both be `net/kernel:0`).
+- `compile`: the loss and metrics the model was compiled with, for evaluation;
+- `files`: the size of every file, so `verify` finds a missing or truncated one.
+
+An imported SavedModel is wrapped in a Keras model (one layer calling its `serve` endpoint),
+for `predict` and `evaluate`; `restore` into it compares every name, shape and dtype before
+it assigns anything. A SavedModel is a TensorFlow program: import only trusted directories.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import tempfile
+import uuid
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from keras_ckpt import _fs, _model_json
+from keras_ckpt._reader import TF_READ_ERRORS, CheckpointReader, short
+from keras_ckpt.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+)
+
+GRAPH_DIR = "graph"
+RECORD = "keras_ckpt.json"
+FORMAT = 1
+TMP_PREFIX = ".tmp-graph-"  # + 12 hex digits: a leftover the directory's cleanup knows
+_VALUE = "VARIABLE_VALUE"
+_COMPILE_KEYS = ("loss", "loss_weights", "metrics", "weighted_metrics")
+
+
+# -- writing ------------------------------------------------------------------------------------
+
+
+def _object_paths(model: Any) -> dict[int, list[str]]:
+    """Child-name paths from `model` to every object it tracks (breadth first, first path)."""
+    view = tf.train.TrackableView(model)
+    paths: dict[int, list[str]] = {id(model): []}
+    alive = [model]  # ids stay unique while the walk holds every object
+    queue = collections.deque([model])
+    while queue:
+        obj = queue.popleft()
+        try:
+            children = view.children(obj)
+        except Exception:  # an object TF cannot list holds nothing a checkpoint has
+            continue
+        for name, child in children.items():
+            if (obj is model and name == "optimizer") or id(child) in paths:
+                continue
+            paths[id(child)] = paths[id(obj)] + [name]
+            alive.append(child)
+            queue.append(child)
+    return paths
+
+
+def variable_record(model: Any) -> list[dict[str, Any]]:
+    """The record's `variables`: one entry per `model.variables`, in that order."""
+    paths = _object_paths(model)
+    return [
+        {
+            "path": str(getattr(v, "path", None) or v.name),
+            "object": paths.get(id(v)),  # None: state a checkpoint never holds (seeds)
+            "shape": [int(d) for d in v.shape],
+            "dtype": tf.as_dtype(v.dtype).name,
+        }
+        for v in model.variables
+    ]
+
+
+def compile_record(model: Any) -> dict[str, Any] | None:
+    """The loss and metrics `model` was compiled with (serialised by Keras), or None."""
+    if not getattr(model, "compiled", False):
+        return None
+    try:
+        config = model.get_compile_config() or {}
+        out = {k: config.get(k) for k in _COMPILE_KEYS}
+        json.dumps(out)
+    except Exception:  # an object Keras cannot serialise: evaluate needs model= then
+        return None
+    return out if out.get("loss") is not None else None
+
+
+def _file_sizes(root: str) -> dict[str, int]:
+    sizes = {}
+    for dirpath, _, files in tf.io.gfile.walk(root):
+        rel = dirpath[len(root) :].strip("/\\").replace("\\", "/")
+        for name in files:
+            key = f"{rel}/{name}" if rel else name
+            if key != RECORD:
+                sizes[key] = _fs.size(_fs.join(dirpath, name))
+    return sizes
+
+
+def _write_into(model: Any, path: str) -> None:
+    """The SavedModel of `model` in `path`, then its record (last: it marks completion)."""
+    graph = imported(model)
+    if graph is not None:  # an imported SavedModel: saved again with its variables' values
+        loaded = graph.loaded
+        tf.saved_model.save(loaded, path, signatures=dict(loaded.signatures))
+        record = dict(graph.record) if graph.record else None
+    else:
+        record = {"variables": variable_record(model), "compile": compile_record(model)}
+        model.export(path, format="tf_saved_model", verbose=False)
+    if record is not None:
+        record.update(format=FORMAT, files=_file_sizes(path))
+        _fs.write_atomic(_fs.join(path, RECORD), json.dumps(record, indent=1))
+
+
+def write_saved_model(model: Any, export_dir: str, temp_name: str | None = None) -> str:
+    """Exports `model` with its record, under a temporary name renamed to `export_dir`.
+
+    `export_dir` must not exist or be empty (checked by the caller). Non-local file systems
+    have no directory rename: the files go straight to `export_dir`, the record last.
+    """
+    if not _fs.is_local(export_dir):
+        _write_into(model, export_dir)
+        return export_dir
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    if temp_name is None:
+        prefix = f".{os.path.basename(export_dir)}.tmp-"
+        tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    else:
+        tmp = os.path.join(parent, temp_name)
+    try:
+        _write_into(model, tmp)
+        if os.path.isdir(export_dir):
+            os.rmdir(export_dir)  # empty: checked before
+        os.rename(tmp, export_dir)
+        _fs.fsync_dir(parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return export_dir
+
+
+def graph_dir(directory: str) -> str:
+    return _fs.join(directory, GRAPH_DIR)
+
+
+def write_graph(directory: str, model: Any) -> bool:
+    """Writes `<directory>/graph/` unless it exists (never rewritten); True if written.
+
+    Raises:
+        CheckpointError: the model cannot be exported (not built, or Keras cannot trace it).
+    """
+    target = graph_dir(directory)
+    if _fs.exists(target):
+        return False
+    try:
+        write_saved_model(model, target, temp_name=TMP_PREFIX + uuid.uuid4().hex[:12])
+    except Exception as exc:
+        raise CheckpointError(
+            f"save_graph=True, but the model could not be exported as a SavedModel to "
+            f"{target} ({short(exc)}). Build the model (call it on a batch) before the first "
+            "save, or pass save_graph=False."
+        ) from exc
+    return True
+
+
+# -- reading ------------------------------------------------------------------------------------
+
+
+def _read_record(export_dir: str) -> dict[str, Any] | None:
+    """The record of `export_dir`, None if there is none.
+
+    Raises:
+        CheckpointCorruptError: the record is not the JSON `_write_into` writes.
+    """
+    path = _fs.join(export_dir, RECORD)
+    if not _fs.exists(path):
+        return None
+    try:
+        record = json.loads(_fs.read_text(path))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointCorruptError(f"{path} is not valid JSON ({exc}).") from exc
+    if not (
+        isinstance(record, dict)
+        and isinstance(record.get("variables"), list)
+        and isinstance(record.get("files"), dict)
+        and all(isinstance(e, dict) and "path" in e for e in record["variables"])
+    ):
+        raise CheckpointCorruptError(f"{path} is not a keras_ckpt SavedModel record.")
+    return record
+
+
+def problems(export_dir: str) -> list[str]:
+    """`verify` lines for a SavedModel with a record: missing, truncated or altered files."""
+    record_path = _fs.join(export_dir, RECORD)
+    fix = f"delete {export_dir} (a run with save_graph=True writes it again)"
+    if not _fs.exists(record_path):
+        return [f"{record_path}: missing, so {export_dir} is incomplete: {fix}"]
+    try:
+        record = _read_record(export_dir) or {}
+    except CheckpointCorruptError as exc:
+        return [f"{record_path}: {exc}"]
+    lines = []
+    for name, expected in sorted(record["files"].items()):
+        path = _fs.join(export_dir, *name.split("/"))
+        if not _fs.exists(path):
+            lines.append(f"{path}: missing (listed in {RECORD}): {fix}")
+        elif _fs.size(path) != expected:
+            lines.append(
+                f"{path}: {_fs.size(path)} bytes, expected {expected} (truncated or altered): "
+                f"{fix}"
+            )
+    return lines
+
+
+@dataclass(eq=False)
+class ImportedGraph:
+    """An imported SavedModel, its variables (in record order) and its record."""
+
+    loaded: Any
+    variables: list[Any]
+    record: dict[str, Any] | None
+    source: str
+
+    def restore(self, prefix: str, *, strict: bool, stacklevel: int = 3) -> bool:
+        """Assigns checkpoint `prefix`'s model variables (all checked first); returns False."""
+        if self.record is None:
+            raise CheckpointMismatchError(
+                f"{self.source} has no {RECORD} (it was not written by keras_ckpt), so its "
+                "variables cannot be matched to a checkpoint. Export it with "
+                "keras_ckpt.export_saved_model(checkpoint, export_dir)."
+            )
+        reader = CheckpointReader(prefix)
+        saved = _checkpoint_variables(reader, prefix)
+        pairs, missing, shapes, used = [], [], [], set()
+        for variable, entry in zip(self.variables, self.record["variables"], strict=True):
+            if entry.get("object") is None:
+                continue  # random-number state: never in a checkpoint
+            where = tuple(entry["object"])
+            shape, dtype = tuple(variable.shape), tf.as_dtype(variable.dtype)
+            if where not in saved:
+                missing.append(f"{entry['path']} {shape}")
+                continue
+            used.add(where)
+            key = saved[where][0]
+            saved_shape, saved_dtype = reader.shapes.get(key), reader.dtypes.get(key)
+            if saved_shape is None or tuple(saved_shape) != shape or saved_dtype != dtype:
+                shapes.append(
+                    f"{entry['path']}: checkpoint {tuple(saved_shape or ())} "
+                    f"{getattr(saved_dtype, 'name', '?')}, model {shape} {dtype.name}"
+                )
+                continue
+            pairs.append((variable, key))
+        unexpected = [label for where, (_, label) in saved.items() if where not in used]
+        found = []
+        if missing:
+            found.append("missing in the checkpoint: " + ", ".join(missing))
+        if unexpected:
+            found.append("unexpected in the checkpoint: " + ", ".join(unexpected))
+        if shapes:
+            found.append("shape mismatch: " + "; ".join(shapes))
+        if found and strict:
+            raise CheckpointMismatchError(
+                f"{prefix} does not match the SavedModel {self.source}; nothing was "
+                "restored.\n  " + "\n  ".join(found) + "\nRestore a checkpoint of the same "
+                "architecture, or pass strict=False to restore only the variables whose path "
+                "and shape match."
+            )
+        if found:
+            warnings.warn(
+                f"restore(strict=False) from {prefix} skipped: " + "; ".join(found),
+                stacklevel=stacklevel,
+            )
+        values = reader.read([key for _, key in pairs])  # every value read before any assign
+        for (variable, _), value in zip(pairs, values, strict=True):
+            variable.assign(value)
+        return False
+
+    def values(self) -> list[Any]:
+        return [tf.identity(v) for v in self.variables]
+
+    def assign(self, values: list[Any]) -> None:
+        for variable, value in zip(self.variables, values, strict=True):
+            variable.assign(value)
+
+
+def _checkpoint_variables(reader: CheckpointReader, prefix: str) -> dict[tuple, tuple[str, str]]:
+    """Object-graph path (from the model) -> (checkpoint key, Keras path) of each variable."""
+    graph = reader.graph
+    if graph is None:
+        raise CheckpointMismatchError(
+            f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
+            "to a Keras model."
+        )
+    start = next((r.node_id for r in graph.nodes[0].children if r.local_name == "model"), None)
+    if start is None:
+        raise CheckpointMismatchError(
+            f"{prefix} was not written as tf.train.Checkpoint(model=...); it cannot be "
+            "restored into a SavedModel."
+        )
+    paths: dict[int, tuple[str, ...]] = {start: ()}
+    queue = collections.deque([start])
+    while queue:
+        node_id = queue.popleft()
+        for ref in graph.nodes[node_id].children:
+            if (node_id == start and ref.local_name == "optimizer") or ref.node_id in paths:
+                continue
+            paths[ref.node_id] = paths[node_id] + (ref.local_name,)
+            queue.append(ref.node_id)
+    out = {}
+    for node_id, where in paths.items():
+        for attr in graph.nodes[node_id].attributes:
+            if attr.name == _VALUE:
+                out[where] = (attr.checkpoint_key, attr.full_name or attr.checkpoint_key)
+    return out
+
+
+class _ServeLayer(keras.layers.Layer):
+    """Calls an imported SavedModel's serving function; it has no Keras weights to train."""
+
+    def __init__(self, graph: ImportedGraph, function: Any, style: str, unwrap: bool) -> None:
+        super().__init__(trainable=False, name="saved_model")
+        self.graph = graph
+        self.function = function
+        self.style = style
+        self.unwrap = unwrap
+
+    def call(self, inputs: Any) -> Any:
+        if self.style == "kwargs":
+            outputs = self.function(**inputs)
+        elif self.style == "args":
+            outputs = self.function(*inputs)
+        else:
+            outputs = self.function(inputs)
+        if self.unwrap and isinstance(outputs, dict) and len(outputs) == 1:
+            outputs = next(iter(outputs.values()))
+        return outputs
+
+
+def imported(model: Any) -> ImportedGraph | None:
+    """The `ImportedGraph` behind a model from `import_saved_model`, else None."""
+    if isinstance(model, _ServeLayer):
+        return model.graph
+    for layer in getattr(model, "layers", None) or ():
+        if isinstance(layer, _ServeLayer):
+            return layer.graph
+    return None
+
+
+def _inputs_like(spec: Any, name: str | None = None) -> Any:
+    """A structure of `keras.Input`s matching a structure of `tf.TensorSpec`s."""
+    if isinstance(spec, dict):
+        return {k: _inputs_like(v, str(k)) for k, v in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        return [_inputs_like(v) for v in spec]
+    return keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name=name)
+
+
+def _endpoint(loaded: Any, export_dir: str) -> tuple[Any, Any, str, bool]:
+    """The function to call, its input structure, how to pass inputs, unwrap dict outputs."""
+    serve = getattr(loaded, "serve", None)
+    functions = getattr(serve, "concrete_functions", None)
+    if functions:
+        args, kwargs = functions[0].structured_input_signature
+        if kwargs and not args:
+            return serve, kwargs, "kwargs", False
+        if len(args) == 1:
+            return serve, args[0], "one", False
+        return serve, list(args), "args", False
+    if "serving_default" in loaded.signatures:
+        signature = loaded.signatures["serving_default"]
+        return signature, signature.structured_input_signature[1], "kwargs", True
+    raise ValueError(
+        f"{export_dir} has neither a `serve` endpoint nor a `serving_default` signature; "
+        "load it with tf.saved_model.load."
+    )
+
+
+def _compile(model: keras.Model, config: dict[str, Any] | None, where: str) -> None:
+    if not config:
+        return
+    why = _model_json.refusal(config, None, where)
+    try:
+        if why:
+            raise ValueError(why)
+        kwargs = keras.saving.deserialize_keras_object(config, safe_mode=True)
+        model.compile(jit_compile=False, **{k: v for k, v in kwargs.items() if v is not None})
+    except Exception as exc:  # the model still predicts; evaluate needs a compile
+        warnings.warn(
+            f"The loss and metrics recorded in {where} could not be rebuilt ({short(exc)}); "
+            "the model is returned uncompiled: compile it with the loss and metrics to report.",
+            stacklevel=4,
+        )
+
+
+def import_saved_model(export_dir: str, *, compile: bool = False) -> keras.Model:
+    """A Keras model over the SavedModel in `export_dir` (inference only; a restore target).
+
+    Raises:
+        CheckpointNotFoundError: no `saved_model.pb` in `export_dir`.
+        CheckpointCorruptError: a file listed in the record is missing or has another size,
+            or TensorFlow cannot read the SavedModel.
+    """
+    if not _fs.exists(_fs.join(export_dir, "saved_model.pb")):
+        raise CheckpointNotFoundError(
+            f"{export_dir} is not a SavedModel directory (no saved_model.pb). Write one with "
+            "keras_ckpt.export_saved_model(checkpoint, export_dir)."
+        )
+    record = _read_record(export_dir)
+    if record is not None:
+        damaged = problems(export_dir)
+        if damaged:
+            raise CheckpointCorruptError(damaged[0])
+    try:
+        loaded = tf.saved_model.load(export_dir)
+    except (*TF_READ_ERRORS, OSError) as exc:
+        raise CheckpointCorruptError(
+            f"{export_dir} could not be read as a SavedModel ({short(exc)})."
+        ) from exc
+    variables = list(getattr(loaded, "variables", None) or [])
+    if record is not None:
+        entries = record["variables"]
+        described = [(tuple(e.get("shape", ())), e.get("dtype")) for e in entries]
+        actual = [(tuple(v.shape), tf.as_dtype(v.dtype).name) for v in variables]
+        if described != actual:
+            raise CheckpointCorruptError(
+                f"{_fs.join(export_dir, RECORD)} does not describe the variables of "
+                f"{export_dir} ({len(entries)} recorded, {len(variables)} found, or other "
+                "shapes): the directory was altered."
+            )
+    graph = ImportedGraph(loaded, variables, record, export_dir)
+    function, structure, style, unwrap = _endpoint(loaded, export_dir)
+    inputs = _inputs_like(structure)
+    outputs = _ServeLayer(graph, function, style, unwrap)(inputs)
+    model = keras.Model(inputs, outputs, name="saved_model")
+    if compile and record is not None:
+        _compile(model, record.get("compile"), _fs.join(export_dir, RECORD))
+    return model
+
+
+def load_directory(directory: str, cause: Exception) -> keras.Model:
+    """The model of `directory` from `graph/`, when `model.json` failed with `cause`.
+
+    Raises:
+        The `cause` (same type, message extended) when there is no `graph/`.
+    """
+    target = graph_dir(directory)
+    if not _fs.isdir(target):
+        message = (
+            f"{cause} There is no {target} either (written by training with "
+            "save_graph=True), so the model cannot be loaded without its code. Pass the "
+            "classes in `custom_objects=` (if you trust them) so model.json can be rebuilt, "
+            "or train with save_graph=True, or build the model in code and use "
+            "restore(model, checkpoint)."
+        )
+        try:
+            error = type(cause)(message)
+        except Exception:
+            error = CheckpointError(message)
+        raise error from cause
+    return import_saved_model(target, compile=True)
