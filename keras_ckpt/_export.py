@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import _fs, _graph
+from keras_ckpt import _fs, _graph, _graph_import
 
 WEIGHTS_SUFFIX = ".weights.h5"
 
@@ -36,7 +36,7 @@ def write_saved_model(model: Any, export_dir: str) -> str:
 
 def read_saved_model(export_dir: str) -> keras.Model:
     """A Keras model over the SavedModel's `serve` endpoint (or `serving_default`)."""
-    return _graph.import_saved_model(export_dir)
+    return _graph_import.import_saved_model(export_dir)
 
 
 def check_weights_path(path: str) -> None:

@@ -13,9 +13,10 @@ SavedModel, a record (`keras_ckpt.json`) holds what a checkpoint needs to be mat
 - `compile`: the loss and metrics the model was compiled with, for evaluation;
 - `files`: the size of every file, so `verify` finds a missing or truncated one.
 
-An imported SavedModel is wrapped in a Keras model (one layer calling its `serve` endpoint),
-for `predict` and `evaluate`; `restore` into it compares every name, shape and dtype before
-it assigns anything. A SavedModel is a TensorFlow program: import only trusted directories.
+An imported SavedModel is wrapped in a Keras model (one `ServeLayer` calling its `serve`
+endpoint; `_graph_import`), for `predict` and `evaluate`; `restore` into it compares every
+name, shape and dtype before it assigns anything. A SavedModel is a TensorFlow program:
+import only directories you trust.
 """
 
 from __future__ import annotations
@@ -33,14 +34,9 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from keras_ckpt import _fs, _model_json
-from keras_ckpt._reader import TF_READ_ERRORS, CheckpointReader, short
-from keras_ckpt.errors import (
-    CheckpointCorruptError,
-    CheckpointError,
-    CheckpointMismatchError,
-    CheckpointNotFoundError,
-)
+from keras_ckpt import _fs
+from keras_ckpt._reader import CheckpointReader, short
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, CheckpointMismatchError
 
 GRAPH_DIR = "graph"
 RECORD = "keras_ckpt.json"
@@ -181,7 +177,7 @@ def write_graph(directory: str, model: Any) -> bool:
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _read_record(export_dir: str) -> dict[str, Any] | None:
+def read_record(export_dir: str) -> dict[str, Any] | None:
     """The record of `export_dir`, None if there is none.
 
     Raises:
@@ -211,7 +207,7 @@ def problems(export_dir: str) -> list[str]:
     if not _fs.exists(record_path):
         return [f"{record_path}: missing, so {export_dir} is incomplete: {fix}"]
     try:
-        record = _read_record(export_dir) or {}
+        record = read_record(export_dir) or {}
     except CheckpointCorruptError as exc:
         return [f"{record_path}: {exc}"]
     lines = []
@@ -329,7 +325,7 @@ def _checkpoint_variables(reader: CheckpointReader, prefix: str) -> dict[tuple, 
     return out
 
 
-class _ServeLayer(keras.layers.Layer):
+class ServeLayer(keras.layers.Layer):
     """Calls an imported SavedModel's serving function; it has no Keras weights to train."""
 
     def __init__(self, graph: ImportedGraph, function: Any, style: str, unwrap: bool) -> None:
@@ -353,123 +349,9 @@ class _ServeLayer(keras.layers.Layer):
 
 def imported(model: Any) -> ImportedGraph | None:
     """The `ImportedGraph` behind a model from `import_saved_model`, else None."""
-    if isinstance(model, _ServeLayer):
+    if isinstance(model, ServeLayer):
         return model.graph
     for layer in getattr(model, "layers", None) or ():
-        if isinstance(layer, _ServeLayer):
+        if isinstance(layer, ServeLayer):
             return layer.graph
     return None
-
-
-def _inputs_like(spec: Any, name: str | None = None) -> Any:
-    """A structure of `keras.Input`s matching a structure of `tf.TensorSpec`s."""
-    if isinstance(spec, dict):
-        return {k: _inputs_like(v, str(k)) for k, v in spec.items()}
-    if isinstance(spec, (list, tuple)):
-        return [_inputs_like(v) for v in spec]
-    return keras.Input(batch_shape=tuple(spec.shape), dtype=spec.dtype.name, name=name)
-
-
-def _endpoint(loaded: Any, export_dir: str) -> tuple[Any, Any, str, bool]:
-    """The function to call, its input structure, how to pass inputs, unwrap dict outputs."""
-    serve = getattr(loaded, "serve", None)
-    functions = getattr(serve, "concrete_functions", None)
-    if functions:
-        args, kwargs = functions[0].structured_input_signature
-        if kwargs and not args:
-            return serve, kwargs, "kwargs", False
-        if len(args) == 1:
-            return serve, args[0], "one", False
-        return serve, list(args), "args", False
-    if "serving_default" in loaded.signatures:
-        signature = loaded.signatures["serving_default"]
-        return signature, signature.structured_input_signature[1], "kwargs", True
-    raise ValueError(
-        f"{export_dir} has neither a `serve` endpoint nor a `serving_default` signature; "
-        "load it with tf.saved_model.load."
-    )
-
-
-def _compile(model: keras.Model, config: dict[str, Any] | None, where: str) -> None:
-    if not config:
-        return
-    why = _model_json.refusal(config, None, where)
-    try:
-        if why:
-            raise ValueError(why)
-        kwargs = keras.saving.deserialize_keras_object(config, safe_mode=True)
-        model.compile(jit_compile=False, **{k: v for k, v in kwargs.items() if v is not None})
-    except Exception as exc:  # the model still predicts; evaluate needs a compile
-        warnings.warn(
-            f"The loss and metrics recorded in {where} could not be rebuilt ({short(exc)}); "
-            "the model is returned uncompiled: compile it with the loss and metrics to report.",
-            stacklevel=4,
-        )
-
-
-def import_saved_model(export_dir: str, *, compile: bool = False) -> keras.Model:
-    """A Keras model over the SavedModel in `export_dir` (inference only; a restore target).
-
-    Raises:
-        CheckpointNotFoundError: no `saved_model.pb` in `export_dir`.
-        CheckpointCorruptError: a file listed in the record is missing or has another size,
-            or TensorFlow cannot read the SavedModel.
-    """
-    if not _fs.exists(_fs.join(export_dir, "saved_model.pb")):
-        raise CheckpointNotFoundError(
-            f"{export_dir} is not a SavedModel directory (no saved_model.pb). Write one with "
-            "keras_ckpt.export_saved_model(checkpoint, export_dir)."
-        )
-    record = _read_record(export_dir)
-    if record is not None:
-        damaged = problems(export_dir)
-        if damaged:
-            raise CheckpointCorruptError(damaged[0])
-    try:
-        loaded = tf.saved_model.load(export_dir)
-    except (*TF_READ_ERRORS, OSError) as exc:
-        raise CheckpointCorruptError(
-            f"{export_dir} could not be read as a SavedModel ({short(exc)})."
-        ) from exc
-    variables = list(getattr(loaded, "variables", None) or [])
-    if record is not None:
-        entries = record["variables"]
-        described = [(tuple(e.get("shape", ())), e.get("dtype")) for e in entries]
-        actual = [(tuple(v.shape), tf.as_dtype(v.dtype).name) for v in variables]
-        if described != actual:
-            raise CheckpointCorruptError(
-                f"{_fs.join(export_dir, RECORD)} does not describe the variables of "
-                f"{export_dir} ({len(entries)} recorded, {len(variables)} found, or other "
-                "shapes): the directory was altered."
-            )
-    graph = ImportedGraph(loaded, variables, record, export_dir)
-    function, structure, style, unwrap = _endpoint(loaded, export_dir)
-    inputs = _inputs_like(structure)
-    outputs = _ServeLayer(graph, function, style, unwrap)(inputs)
-    model = keras.Model(inputs, outputs, name="saved_model")
-    if compile and record is not None:
-        _compile(model, record.get("compile"), _fs.join(export_dir, RECORD))
-    return model
-
-
-def load_directory(directory: str, cause: Exception) -> keras.Model:
-    """The model of `directory` from `graph/`, when `model.json` failed with `cause`.
-
-    Raises:
-        The `cause` (same type, message extended) when there is no `graph/`.
-    """
-    target = graph_dir(directory)
-    if not _fs.isdir(target):
-        message = (
-            f"{cause} There is no {target} either (written by training with "
-            "save_graph=True), so the model cannot be loaded without its code. Pass the "
-            "classes in `custom_objects=` (if you trust them) so model.json can be rebuilt, "
-            "or train with save_graph=True, or build the model in code and use "
-            "restore(model, checkpoint)."
-        )
-        try:
-            error = type(cause)(message)
-        except Exception:
-            error = CheckpointError(message)
-        raise error from cause
-    return import_saved_model(target, compile=True)

@@ -19,7 +19,16 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import _evaluate, _export, _fs, _graph, _listing, _model_json, _verify
+from keras_ckpt import (
+    _evaluate,
+    _export,
+    _fs,
+    _graph,
+    _graph_import,
+    _listing,
+    _model_json,
+    _verify,
+)
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
@@ -233,7 +242,7 @@ def _build(directory: str, custom_objects: Any = None, *, compile: bool = True) 
     try:
         return _model_json.build_model(directory, custom_objects, compile=compile)
     except _NOT_REBUILDABLE as exc:  # needs code (subclassed, unregistered), or no model.json
-        return _graph.load_directory(directory, exc)
+        return _graph_import.load_directory(directory, exc)
 
 
 def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:

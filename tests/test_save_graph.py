@@ -185,7 +185,8 @@ def test_custom_loop_manager_writes_the_graph_at_its_first_save(tmp_path):
     x, y = _data(16)
     model = _net()
     model(x)  # built
-    with CheckpointManager(str(tmp_path / "loop"), model, keep=[KeepLast(2)], save_graph=True) as m:
+    loop = str(tmp_path / "loop")
+    with CheckpointManager(loop, model, keep=[KeepLast(2)], save_graph=True) as m:
         m.save(step=1)
         assert (tmp_path / "loop" / "graph" / "saved_model.pb").is_file()
         m.save(step=2)
