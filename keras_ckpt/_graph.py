@@ -348,10 +348,20 @@ class ServeLayer(keras.layers.Layer):
 
 
 def imported(model: Any) -> ImportedGraph | None:
-    """The `ImportedGraph` behind a model from `import_saved_model`, else None."""
+    """The `ImportedGraph` behind a model from `import_saved_model`, else None.
+
+    Raises:
+        CheckpointMismatchError: `model` is a bare `tf.saved_model.load` object.
+    """
     if isinstance(model, ServeLayer):
         return model.graph
     for layer in getattr(model, "layers", None) or ():
         if isinstance(layer, ServeLayer):
             return layer.graph
+    if not isinstance(model, keras.layers.Layer) and hasattr(model, "signatures"):
+        raise CheckpointMismatchError(
+            "A tf.saved_model.load object cannot be matched to a checkpoint (its variables "
+            "have no Keras paths). Load the directory with keras_ckpt.load_saved_model("
+            "export_dir) (an export_saved_model directory) and restore into that model."
+        )
     return None

@@ -214,7 +214,7 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         "Write a checkpoint as a TensorFlow SavedModel, for serving or for "
         "keras_ckpt.load_saved_model (no model code needed: the architecture comes from "
-        "model.json).",
+        "model.json, or from graph/ when the run used save_graph=True).",
         f"{PROG} export runs/best export/digits/1",
     )
     sub.add_argument(

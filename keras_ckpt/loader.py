@@ -91,7 +91,9 @@ def restore(
     """Loads a checkpoint into `model`, and into its optimizer if compiled.
 
     Args:
-        model: A built model with the saved architecture.
+        model: A built model with the saved architecture, or a SavedModel imported by
+            `load_saved_model` (of an `export_saved_model` directory) or by `load_model`
+            (through `graph/`): its variables are matched by Keras path, with the same checks.
         checkpoint: A prefix (`"runs/best/ckpt-1200"`) or a directory (its latest).
         strict: If True, any variable mismatch is an error and nothing changes. If False,
             every variable whose path and shape match is restored, the rest are left as
@@ -211,18 +213,29 @@ def load_model(
     config: the model comes back compiled (optimizer, loss, metrics) with the optimizer state
     restored too, ready for `evaluate` or more `fit`. Otherwise it comes back uncompiled.
 
+    When `model.json` cannot rebuild the model without code (a subclassed model, an
+    unregistered custom class) or is missing, and the directory has `graph/` (trained with
+    `save_graph=True`), the SavedModel in `graph/` is imported instead and the checkpoint
+    restored into it. That model is for inference: `predict`, and `evaluate` (compiled with
+    the loss and metrics recorded at training time, when Keras can rebuild them by name). It
+    has no Keras weights and cannot be trained further; `restore(model, other_checkpoint)`
+    loads any checkpoint of the same architecture into it. A SavedModel is a TensorFlow
+    program: load only directories you trust.
+
     Args:
         checkpoint: A prefix (`"runs/best/ckpt-1200"`) or a directory (its latest).
         custom_objects: Classes and functions the architecture uses, by name.
 
     Returns:
-        The rebuilt model with the checkpoint's weights.
+        The rebuilt (or imported) model with the checkpoint's weights.
 
     Raises:
-        CheckpointNotFoundError: no checkpoint, or no `model.json` beside it.
-        ValueError: `model.json` would run code, or Keras cannot rebuild it.
+        CheckpointNotFoundError: no checkpoint, or neither `model.json` nor `graph/` beside it.
+        ValueError: `model.json` would run code, or Keras cannot rebuild it, and there is no
+            `graph/` (the message says which of the two to provide).
         CheckpointMismatchError: the checkpoint does not fit the rebuilt model.
-        CheckpointCorruptError: a file is truncated or altered.
+        CheckpointCorruptError: a file (of the checkpoint or of `graph/`) is truncated or
+            altered.
 
     Example:
         >>> model = load_model("runs/best")
@@ -270,7 +283,8 @@ def export_saved_model(
         export_dir: A new (or empty) directory; an existing non-empty one is refused.
         model: The architecture, for models `model.json` cannot describe (subclassed
             models). It receives the checkpoint's weights (not its optimizer state).
-            Default: rebuilt from `model.json`.
+            Default: rebuilt from `model.json`, else imported from the directory's `graph/`
+            (`save_graph=True`).
 
     Returns:
         `export_dir`.
@@ -291,9 +305,13 @@ def export_saved_model(
 def load_saved_model(export_dir: str | os.PathLike[str]) -> keras.Model:
     """A Keras model over an exported SavedModel, for inference (`predict`).
 
-    It wraps the SavedModel's `serve` endpoint (or its `serving_default` signature) in a
-    `keras.layers.TFSMLayer`, so it needs none of the original model's code: its `predict`
-    gives the original model's outputs. It cannot be trained further.
+    It wraps the SavedModel's `serve` endpoint (or its `serving_default` signature) in one
+    Keras layer, so it needs none of the original model's code: its `predict` gives the
+    original model's outputs. It cannot be trained further. A directory written by
+    `export_saved_model` records how its variables map to the checkpoints' (by Keras path),
+    so `restore(served, checkpoint)` loads any checkpoint of the same architecture into it
+    (`import_meta_graph` once, then `saver.restore` per checkpoint, in TF2). A SavedModel is
+    a TensorFlow program: load only directories you trust.
 
     Args:
         export_dir: A directory written by `export_saved_model` (or Keras' `model.export`).
@@ -365,7 +383,9 @@ def evaluate_checkpoints(
         directory: A checkpoint directory.
         data: `(x, y)`, `(x, y, sample_weight)` or a `tf.data.Dataset` of batches.
         model: A compiled model of the saved architecture. Its weights are put back as they
-            were when the evaluation ends. Default: rebuilt from `model.json`.
+            were when the evaluation ends. Default: rebuilt from `model.json`, or, when that
+            needs the model's code, `graph/` imported once (`save_graph=True`) with each
+            checkpoint restored into it.
         batch_size: For `(x, y)` data (Keras' default: 32); None for a dataset.
         verbose: 1 shows a Keras progress bar over the checkpoints.
 
@@ -374,8 +394,8 @@ def evaluate_checkpoints(
         `{"path": ..., "step": ..., "epoch": ..., "loss": ..., <metric>: ...}`.
 
     Raises:
-        CheckpointNotFoundError: `directory` does not exist, or has no `model.json` and no
-            `model` was given.
+        CheckpointNotFoundError: `directory` does not exist, or has neither a usable
+            `model.json` nor `graph/`, and no `model` was given.
         ValueError: bad `data`/`batch_size`; the model is not compiled (pass a compiled one).
 
     Example:

@@ -109,3 +109,29 @@ def test_restore_into_a_keras_export_without_record_says_how_to_export(run, tmp_
     imported = load_saved_model(str(tmp_path / "plain"))
     with pytest.raises(CheckpointMismatchError, match="export_saved_model"):
         restore(imported, kept[-1])
+
+
+def test_bare_tf_saved_model_load_object_is_refused_with_the_way_to_do_it(run):
+    _, _, kept, export = run
+    with pytest.raises(CheckpointMismatchError, match=r"load_saved_model\(export_dir\)"):
+        restore(tf.saved_model.load(export), kept[-1])
+
+
+def test_strict_false_restores_what_matches_like_a_rebuilt_model(run, tmp_path):
+    _, x, kept, export = run
+    inputs = keras.Input((4,))  # the same body and norm, a head of 3 units
+    h = keras.layers.Dense(16, activation="relu", name="body")(inputs)
+    h = keras.layers.BatchNormalization(name="norm")(h)
+    three = keras.Model(inputs, keras.layers.Dense(3, name="head")(h))
+    three.compile(optimizer="adam", loss="mse")
+    three.fit(x, x[:, :3], epochs=1, verbose=0, callbacks=[RotatingCheckpoint(str(tmp_path))])
+
+    imported, rebuilt = load_saved_model(export), load_model(kept[0])
+    for target in (imported, rebuilt):
+        with pytest.warns(UserWarning, match=r"skipped: shape mismatch: .*head/kernel"):
+            restore(target, str(tmp_path), strict=False)
+    np.testing.assert_allclose(
+        imported.predict(x, verbose=0), rebuilt.predict(x, verbose=0), rtol=0, atol=1e-6
+    )
+    untouched = load_model(kept[0]).predict(x, verbose=0)
+    assert not np.allclose(imported.predict(x, verbose=0), untouched)  # body and norm changed
