@@ -191,3 +191,19 @@ def test_custom_loop_manager_writes_the_graph_at_its_first_save(tmp_path):
         assert (tmp_path / "loop" / "graph" / "saved_model.pb").is_file()
         m.save(step=2)
     assert [i.step for i in list_checkpoints(tmp_path / "loop")] == [1, 2]
+
+
+def test_leftover_of_an_interrupted_graph_write_is_removed_by_the_next_run(tmp_path):
+    run = tmp_path / "run"
+    leftover = run / ".tmp-graph-0123456789ab"
+    (leftover / "variables").mkdir(parents=True)
+    (leftover / "saved_model.pb").write_bytes(b"half")
+    mine = run / ".tmp-graph-notes"  # not a name keras_ckpt gives: left alone
+    mine.mkdir()
+    x, _ = _data(16)
+    model = _net()
+    model(x)
+    with CheckpointManager(str(run), model, save_graph=True) as manager:
+        manager.save(step=1)
+    assert not leftover.exists() and mine.exists()
+    assert (run / "graph" / "saved_model.pb").stat().st_size > 4
