@@ -123,6 +123,14 @@ def _write_into(model: Any, path: str) -> None:
         _fs.write_atomic(_fs.join(path, RECORD), json.dumps(record, indent=1))
 
 
+def _make_durable(root: str) -> None:
+    """fsyncs every file and folder under local `root` (so a crash never leaves an empty one)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            _fs.fsync_file(os.path.join(dirpath, name))
+        _fs.fsync_dir(dirpath)
+
+
 def write_saved_model(model: Any, export_dir: str, temp_name: str | None = None) -> str:
     """Exports `model` with its record, under a temporary name renamed to `export_dir`.
 
@@ -141,6 +149,7 @@ def write_saved_model(model: Any, export_dir: str, temp_name: str | None = None)
         tmp = os.path.join(parent, temp_name)
     try:
         _write_into(model, tmp)
+        _make_durable(tmp)  # complete on disk before its name appears
         if os.path.isdir(export_dir):
             os.rmdir(export_dir)  # empty: checked before
         os.rename(tmp, export_dir)
