@@ -144,7 +144,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.async_save = bool(async_save)
         self.verbose = _check_verbose(verbose)
         self.manager: CheckpointManager | None = None
-        self._batches = 0
+        self._batches = 0  # batches since the last save point, counted as ModelCheckpoint does
+        self._last_batch: int | None = None  # the `batch` of the previous hook
         self._last_time = time.monotonic()
         self._epochs_done = 0
         self._last_logs: dict[str, Any] = {}
@@ -174,6 +175,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.manager._active_check = lambda: _frame_alive(token)
         self.manager._prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
+        self._last_batch = None
         self._last_time = time.monotonic()
         self._epochs_done = 0
         self._last_logs = {}
@@ -182,8 +184,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._epochs_done = epoch
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._batches += 1
-        if self._batches == 1:  # the optimizer is built by its first step, not before
+        # With compile(steps_per_execution=k) this hook runs once per k batches, `batch`
+        # being the last of them: count batches from it, exactly as ModelCheckpoint does.
+        first = self._last_batch is None
+        if first or batch <= self._last_batch:  # a new epoch (batches are zero-indexed)
+            self._batches += batch + 1
+        else:
+            self._batches += batch - self._last_batch
+        self._last_batch = batch
+        if first:  # the optimizer is built by its first step, not before
             self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False)
