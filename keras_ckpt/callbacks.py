@@ -195,7 +195,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if first:  # the optimizer is built by its first step, not before
             self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
-            self._save_point(logs, epoch_end=False)
+            self._save_point(logs, epoch_end=False, batch=batch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
@@ -222,7 +222,9 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     # -- one save point -----------------------------------------------------------------------
 
-    def _save_point(self, logs: dict[str, Any] | None, epoch_end: bool) -> CheckpointInfo | None:
+    def _save_point(
+        self, logs: dict[str, Any] | None, epoch_end: bool, batch: int | None = None
+    ) -> CheckpointInfo | None:
         self._batches = 0
         self._last_time = time.monotonic()
         metrics = dict(logs or {})
@@ -233,12 +235,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
+        # After an epoch's last batch that epoch is complete: label it as its end would be.
+        done = self._epochs_done + (1 if batch is not None and self._last_of_epoch(batch) else 0)
         self.manager._label = self._epoch_label(running)
         before = self.manager.checkpoints
-        info = self.manager.save(metrics=metrics, epoch=self._epochs_done)
+        info = self.manager.save(metrics=metrics, epoch=done)
         if info is None and self.verbose > 1:
             say(skipped_line(self.manager._label, metrics, self.keep, before))
         return info
+
+    def _last_of_epoch(self, batch: int) -> bool:
+        """True if `batch` (a hook's last batch) ends the epoch (its length is known)."""
+        steps = self.params.get("steps") if self.params else None
+        return bool(steps) and batch + 1 >= steps
 
     def _epoch_label(self, running: int) -> str:
         """`Epoch 3` for verbose lines; on a new line while Keras draws a progress bar."""
