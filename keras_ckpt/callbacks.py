@@ -9,6 +9,7 @@ directory takes over by itself once the interrupted `fit` is gone).
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
 import threading
@@ -21,6 +22,7 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._fit_resume import Position, Resumption
 from keras_ckpt._io import say
 from keras_ckpt._messages import skipped_line
 from keras_ckpt.directory import scan
@@ -106,6 +108,14 @@ class CheckpointCallback(keras.callbacks.Callback):
         verbose: 1 prints one line per save and deletion, Keras-style (`Epoch 3: saved
             runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`); 2 also one line
             per save point that saved nothing.
+        resume: In `on_train_begin`, restore the newest intact checkpoint of `directory`
+            (model, optimizer, random-generator state) and make `fit` continue from it,
+            skipping the batches of the interrupted epoch already trained; an empty or
+            missing directory starts from scratch. At most one callback of a `fit` may
+            resume. `verbose=1` prints `resumed runs/last/ckpt-1500: epoch 3, batch 12`
+            (Keras' epoch number, and how many of its batches were trained already).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> cb = CheckpointCallback("runs/mix", save=EveryNSteps(100),
@@ -124,6 +134,9 @@ class CheckpointCallback(keras.callbacks.Callback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
+        save_graph: bool = False,
     ) -> None:
         super().__init__()
         if directory is None or not _fs.fspath(directory):
@@ -143,7 +156,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.verbose = _check_verbose(verbose)
+        self.resume = bool(resume)
+        self.save_on_preemption = bool(save_on_preemption)
+        self.save_graph = bool(save_graph)
         self.manager: CheckpointManager | None = None
+        self._resumption: Resumption | None = None
         self._batches = 0  # batches since the last save point, counted as ModelCheckpoint does
         self._last_batch: int | None = None  # the `batch` of the previous hook
         self._last_time = time.monotonic()
@@ -170,20 +187,37 @@ class CheckpointCallback(keras.callbacks.Callback):
                 save_optimizer=self.save_optimizer,
                 async_save=self.async_save,
                 verbose=self.verbose,
+                **self._manager_options(),
             )
         token = _fit_frame_token()
         self.manager._active_check = lambda: _frame_alive(token)
-        self.manager._prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
         self._last_batch = None
         self._last_time = time.monotonic()
         self._epochs_done = 0
         self._last_logs = {}
+        self._resumption = Resumption(self) if self.resume else None
+        position = self._resumption.begin() if self._resumption else None
+        if position is not None:  # the save schedule continues as if nothing happened
+            self._epochs_done = position.epochs
+            self._batches = position.since_save
+            self._last_batch = position.batches - 1 if position.batches else None
+        self.manager._prepare()  # if the optimizer is built already (a resumed run)
+
+    def _manager_options(self) -> dict[str, Any]:
+        """The options passed on to `CheckpointManager` that it accepts."""
+        wanted = {"save_graph": self.save_graph, "save_on_preemption": self.save_on_preemption}
+        accepted = inspect.signature(CheckpointManager).parameters
+        return {name: value for name, value in wanted.items() if name in accepted}
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch
+        if self._resumption is not None:
+            self._resumption.epoch_begins()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self._resumption is not None and self._resumption.skipped(batch):
+            return  # a batch trained before the interruption, consumed without training
         # With compile(steps_per_execution=k) this hook runs once per k batches, `batch`
         # being the last of them: count batches from it, exactly as ModelCheckpoint does.
         first = self._last_batch is None
@@ -199,19 +233,26 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
+        if self._resumption is not None:
+            self._resumption.epoch_ends()
         self._last_logs = dict(logs or {})
         if self.save_policy.at_epoch(time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=True)
         self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._resumption is not None:
+            self._resumption.end()
         if self.manager is None:
             return
         try:
             if self.save_on_train_end:
                 metrics = {**self._last_logs, **(logs or {})}
                 self.manager._label = self._epoch_label(running=self._epochs_done)
-                self.manager.save(metrics=metrics, epoch=self._epochs_done)
+                position = Position(self._epochs_done, 0, self._batches)
+                self.manager.save(
+                    metrics=metrics, epoch=self._epochs_done, extra=position.record()
+                )
         finally:
             self.close()
 
@@ -235,19 +276,24 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
-        # After an epoch's last batch that epoch is complete: label it as its end would be.
-        done = self._epochs_done + (1 if batch is not None and self._last_of_epoch(batch) else 0)
+        position = self._position(batch)
         self.manager._label = self._epoch_label(running)
         before = self.manager.checkpoints
-        info = self.manager.save(metrics=metrics, epoch=done)
+        info = self.manager.save(metrics=metrics, epoch=position.epochs, extra=position.record())
         if info is None and self.verbose > 1:
             say(skipped_line(self.manager._label, metrics, self.keep, before))
         return info
 
-    def _last_of_epoch(self, batch: int) -> bool:
-        """True if `batch` (a hook's last batch) ends the epoch (its length is known)."""
+    def _position(self, batch: int | None) -> Position:
+        """Where `fit` stands after `batch` of the running epoch (None: at its end).
+
+        After an epoch's last batch that epoch is complete: labelled as its end would be.
+        """
         steps = self.params.get("steps") if self.params else None
-        return bool(steps) and batch + 1 >= steps
+        if batch is None or (steps and batch + 1 >= steps):
+            done = self._epochs_done + (0 if batch is None else 1)
+            return Position(done, 0, self._batches)
+        return Position(self._epochs_done, batch + 1, self._batches)
 
     def _epoch_label(self, running: int) -> str:
         """`Epoch 3` for verbose lines; on a new line while Keras draws a progress bar."""
@@ -310,6 +356,7 @@ class BestCheckpoint(CheckpointCallback):
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion; 2 also one per save point
             where the monitor did not improve.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> cb = BestCheckpoint("runs/best", monitor="val_loss", keep_best=3)
@@ -330,6 +377,7 @@ class BestCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_graph: bool = False,
     ) -> None:
         try:
             self._best_policy = KeepBest(monitor, k=keep_best, mode=mode, min_delta=min_delta)
@@ -345,6 +393,7 @@ class BestCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_graph=save_graph,
         )
         self.monitor = monitor
 
@@ -373,6 +422,10 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        resume: Restore the newest intact checkpoint in `on_train_begin` and continue `fit`
+            from it, mid-epoch included (see `CheckpointCallback`).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> model.fit(x, y, epochs=50, callbacks=[RotatingCheckpoint("runs/last", 3)])
@@ -388,6 +441,9 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
+        save_graph: bool = False,
     ) -> None:
         keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
         if keep_every_n_hours is not None:
@@ -400,6 +456,9 @@ class RotatingCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            resume=resume,
+            save_on_preemption=save_on_preemption,
+            save_graph=save_graph,
         )
 
 
@@ -415,6 +474,10 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        resume: Restore the newest intact checkpoint in `on_train_begin` and continue `fit`
+            from it, mid-epoch included (see `CheckpointCallback`).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> cb = TimedCheckpoint("runs/timed", every_seconds=1800, max_to_keep=4)
@@ -430,6 +493,9 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
+        save_graph: bool = False,
     ) -> None:
         _check_positive_number("every_seconds", every_seconds)
         keep: list[KeepPolicy] = [
@@ -445,6 +511,9 @@ class TimedCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            resume=resume,
+            save_on_preemption=save_on_preemption,
+            save_graph=save_graph,
         )
 
 

@@ -153,6 +153,8 @@ class CheckpointManager:
         step: int | None = None,
         metrics: dict[str, Any] | None = None,
         epoch: int | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
     ) -> CheckpointInfo | None:
         """Saves a checkpoint if a keep policy wants it.
 
@@ -160,6 +162,8 @@ class CheckpointManager:
             step: The global step; default the optimizer's iteration count (or a counter).
             metrics: Metric values recorded with the checkpoint (`KeepBest` reads them).
             epoch: Epochs completed, recorded for `resume`.
+            extra: More JSON fields for the checkpoint's record (`ckpt-N.json`); the
+                callbacks store their position in `fit` there, for `resume=True`.
 
         Returns:
             The new `CheckpointInfo`, or None when no keep policy wants it (nothing written).
@@ -194,7 +198,7 @@ class CheckpointManager:
         self._raise_background_error()
         snapshot = self._snapshots.take(copy=self.async_save)
         try:
-            extra = self._record_extra()
+            extra = {**(extra or {}), **self._record_extra()}
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
         lines = []
