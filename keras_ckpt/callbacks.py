@@ -250,8 +250,13 @@ class CheckpointCallback(keras.callbacks.Callback):
                 metrics = {**self._last_logs, **(logs or {})}
                 self.manager._label = self._epoch_label(running=self._epochs_done)
                 position = Position(self._epochs_done, 0, self._batches)
+                # With EMA, fit swapped the averaged weights in after the last save point:
+                # the final model differs from the checkpoint of its step, which it replaces.
                 self.manager.save(
-                    metrics=metrics, epoch=self._epochs_done, extra=position.record()
+                    metrics=metrics,
+                    epoch=self._epochs_done,
+                    extra=position.record(),
+                    replace=_uses_ema(self.model),
                 )
         finally:
             self.close()
@@ -515,6 +520,13 @@ class TimedCheckpoint(CheckpointCallback):
             save_on_preemption=save_on_preemption,
             save_graph=save_graph,
         )
+
+
+def _uses_ema(model: Any) -> bool:
+    """True if `model`'s optimizer keeps an EMA of the weights (swapped in when fit ends)."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    return bool(getattr(optimizer, "use_ema", False))
 
 
 def _keep_last(name: str, value: Any) -> KeepLast:

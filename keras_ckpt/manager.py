@@ -155,6 +155,7 @@ class CheckpointManager:
         epoch: int | None = None,
         *,
         extra: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> CheckpointInfo | None:
         """Saves a checkpoint if a keep policy wants it.
 
@@ -164,6 +165,11 @@ class CheckpointManager:
             epoch: Epochs completed, recorded for `resume`.
             extra: More JSON fields for the checkpoint's record (`ckpt-N.json`); the
                 callbacks store their position in `fit` there, for `resume=True`.
+            replace: If the newest kept checkpoint has this step already, write this state
+                in its place (the model `fit` returns can differ from the state saved at its
+                last step: Keras swaps EMA weights in after it). Crash-safe: the old one is
+                removed only once the new one's files are complete, just before they are
+                renamed in.
 
         Returns:
             The new `CheckpointInfo`, or None when no keep policy wants it (nothing written).
@@ -184,11 +190,18 @@ class CheckpointManager:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
         if self._strategy is None:
             plan = planner.plan(step, values, epoch)
+            replaced = None
+            if plan is None and replace:
+                plan = planner.replan(step, values, epoch)
+                replaced = plan[2] if plan is not None else None
         else:
             plan = planner.follow_chief(self._strategy, self.is_chief, step, values, epoch)
+            replaced = None
         if plan is None:
             return None
         info, kept, doomed = plan
+        if replaced:
+            doomed = []
         planner.newest_step = info.step
         if not self.is_chief:
             planner.kept = kept
@@ -216,7 +229,10 @@ class CheckpointManager:
 
         def job() -> None:
             try:
-                self._dir.commit(info, snapshot.write, extra, flush_early=not self.async_save)
+                self._dir.commit(
+                    info, snapshot.write, extra, flush_early=not self.async_save,
+                    before_publish=self._unpublisher(replaced, kept, start),
+                )
                 try:
                     self._dir.write_state(kept, start)
                 except BaseException:
@@ -244,6 +260,19 @@ class CheckpointManager:
                 self._reload()
                 raise
         return info
+
+    def _unpublisher(
+        self, replaced: list[CheckpointInfo] | None, kept: list[CheckpointInfo], start: float
+    ) -> Any:
+        """For a replacement: un-name, then remove, the checkpoint the new one replaces."""
+        if not replaced:
+            return None
+
+        def unpublish() -> None:
+            self._dir.write_state(kept[:-1], start)  # the state file names complete ones only
+            self._dir.delete(replaced)
+
+        return unpublish
 
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
         return CheckpointError(
