@@ -24,7 +24,7 @@ import tensorflow as tf
 from keras_ckpt import _fs
 from keras_ckpt._fit_resume import Position, Resumption
 from keras_ckpt._io import say
-from keras_ckpt._messages import skipped_line
+from keras_ckpt._messages import same_step_line, skipped_line
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -161,6 +161,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_graph = bool(save_graph)
         self.manager: CheckpointManager | None = None
         self._resumption: Resumption | None = None
+        self._saved_iterations: int | None = None  # the optimizer's step at the last save
+        self._told_same_step = False
         self._batches = 0  # batches since the last save point, counted as ModelCheckpoint does
         self._last_batch: int | None = None  # the `batch` of the previous hook
         self._last_time = time.monotonic()
@@ -203,6 +205,8 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._batches = position.since_save
             self._last_batch = position.batches - 1 if position.batches else None
         self.manager._prepare()  # if the optimizer is built already (a resumed run)
+        latest, iterations = self.manager.latest, _iterations(self.model)
+        self._saved_iterations = iterations if latest and latest.step == iterations else None
 
     def _manager_options(self) -> dict[str, Any]:
         """The options passed on to `CheckpointManager` that it accepts."""
@@ -285,7 +289,16 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.manager._label = self._epoch_label(running)
         before = self.manager.checkpoints
         info = self.manager.save(metrics=metrics, epoch=position.epochs, extra=position.record())
-        if info is None and self.verbose > 1:
+        iterations = _iterations(self.model)
+        if info is not None:
+            self._saved_iterations = iterations
+        elif iterations is not None and iterations == self._saved_iterations:
+            if self.verbose > 1 or (self.verbose and not self._told_same_step):
+                latest = self.manager.latest
+                step = latest.step if latest is not None else iterations
+                say(same_step_line(self.manager._label, step, latest))
+            self._told_same_step = True
+        elif self.verbose > 1:
             say(skipped_line(self.manager._label, metrics, self.keep, before))
         return info
 
@@ -520,6 +533,12 @@ class TimedCheckpoint(CheckpointCallback):
             save_on_preemption=save_on_preemption,
             save_graph=save_graph,
         )
+
+
+def _iterations(model: Any) -> int | None:
+    """The optimizer's step count (what numbers the checkpoints), or None."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    return None if iterations is None else int(iterations.numpy())
 
 
 def _uses_ema(model: Any) -> bool:
