@@ -110,7 +110,7 @@ def skipped_line(
 
 
 def same_step_line(label: str, step: int, latest: CheckpointInfo | None) -> str:
-    """`Epoch 2: step 6 is saved already (...)`: the optimizer did not advance (verbose=1, once)."""
+    """`Epoch 2: step 6 is saved already (...)`: the optimizer's step did not advance."""
     where = f" ({latest.path})" if latest is not None and latest.step == step else ""
     return (
         f"{label}: step {step} is saved already{where}: the optimizer's step did not advance "

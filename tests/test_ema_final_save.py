@@ -43,8 +43,9 @@ def test_latest_checkpoint_predicts_what_fit_returns_and_resume_continues(
 
     fresh = _model(optimizer)
     assert restore(fresh, str(directory)).step == 12
-    np.testing.assert_allclose(fresh.predict(x, verbose=0), model.predict(x, verbose=0),
-                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(
+        fresh.predict(x, verbose=0), model.predict(x, verbose=0), rtol=0, atol=1e-6
+    )
 
     resumed = _model(optimizer)
     assert resume(resumed, directory) == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,8 +15,13 @@ import pytest
 from conftest import tiny_model
 
 import _resume_worker as worker
-from keras_ckpt import CheckpointCallback, EveryNSteps, KeepLast, RotatingCheckpoint
-from keras_ckpt import list_checkpoints
+from keras_ckpt import (
+    CheckpointCallback,
+    EveryNSteps,
+    KeepLast,
+    RotatingCheckpoint,
+    list_checkpoints,
+)
 
 WORKER = Path(__file__).with_name("_resume_worker.py")
 
@@ -63,8 +69,8 @@ def test_sigkilled_run_relaunched_ends_as_the_uninterrupted_run(tmp_path, refere
 def test_tf_data_input_resumes_exactly_and_a_finished_run_trains_nothing(tmp_path, reference):
     directory = tmp_path / "run"
     with pytest.raises(RuntimeError, match="interrupted"):
-        worker.train(worker.build_model(), directory, [worker.KillAfter(17, hard=False)],
-                     input="tfdata")
+        killer = worker.KillAfter(17, hard=False)
+        worker.train(worker.build_model(), directory, [killer], input="tfdata")
     assert list_checkpoints(directory)[-1].step == 15  # epoch 2, after its 3rd batch
 
     model = worker.build_model()
@@ -83,19 +89,24 @@ def test_history_and_save_schedule_continue_across_the_interruption(tmp_path):
     directory = tmp_path / "run"
     with pytest.raises(RuntimeError):
         worker.train(worker.build_model(), directory, [worker.KillAfter(17, hard=False)])
-    worker.train(worker.build_model(), directory)
-    lines = [eval(line.replace("null", "None")) for line in  # noqa: S307 (our own JSON)
-             (directory / "history.jsonl").read_text().splitlines()]
+    model = worker.build_model()
+    worker.train(model, directory)
+    text = (directory / "history.jsonl").read_text()
+    lines = [json.loads(line) for line in text.splitlines()]
     assert [(r["epoch"], r["step"]) for r in lines] == [(1, 12), (2, 24), (3, 36)]
     infos = list_checkpoints(directory)
     assert [(i.step, i.epoch) for i in infos] == [(20, 1), (25, 2), (30, 2), (35, 2), (36, 3)]
+    # nothing of the resume stays on the model: a later fit starts at its own epoch 0
+    x, y = worker.data()
+    model.fit(x, y, batch_size=worker.BATCH, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 48
 
 
 def test_keras_shuffle_resumes_at_the_right_step(tmp_path):
     directory = tmp_path / "run"
     with pytest.raises(RuntimeError):
-        worker.train(worker.build_model(), directory, [worker.KillAfter(17, hard=False)],
-                     shuffle=True)
+        killer = worker.KillAfter(17, hard=False)
+        worker.train(worker.build_model(), directory, [killer], shuffle=True)
     steps = []
 
     class Count(keras.callbacks.Callback):
@@ -123,8 +134,9 @@ def test_resume_with_steps_per_execution_skips_whole_executions(tmp_path):
     def fit(model, callbacks):
         cb = RotatingCheckpoint(tmp_path / "run", max_to_keep=50, save_freq=6, resume=True)
         try:
-            model.fit(x, y, batch_size=4, epochs=2, shuffle=False, callbacks=[cb, *callbacks],
-                      verbose=0)
+            model.fit(
+                x, y, batch_size=4, epochs=2, shuffle=False, callbacks=[cb, *callbacks], verbose=0
+            )
         finally:
             cb.close()
 
@@ -155,8 +167,9 @@ def test_empty_or_missing_directory_starts_from_scratch(tmp_path):
 def test_two_resuming_callbacks_in_one_fit_raise(tmp_path):
     x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
     first = RotatingCheckpoint(tmp_path / "a", resume=True)
-    second = CheckpointCallback(tmp_path / "b", save=EveryNSteps(1), keep=KeepLast(1),
-                                resume=True)
+    second = CheckpointCallback(
+        tmp_path / "b", save=EveryNSteps(1), keep=KeepLast(1), resume=True
+    )
     model = tiny_model()
     with pytest.raises(ValueError, match="resume=True"):
         model.fit(x, y, batch_size=4, callbacks=[first, second], verbose=0)
@@ -178,8 +191,9 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     x, y = worker.data()
     keras.config.enable_interactive_logging()
     with pytest.warns(UserWarning, match="ckpt-15"):
-        model.fit(x, y, batch_size=worker.BATCH, epochs=3, shuffle=False, callbacks=[cb],
-                  verbose=0)
+        model.fit(
+            x, y, batch_size=worker.BATCH, epochs=3, shuffle=False, callbacks=[cb], verbose=0
+        )
     out = capsys.readouterr().out
     assert f"resumed {directory}/ckpt-10: epoch 1, batch 10" in out
     assert int(model.optimizer.iterations) == 36
