@@ -194,7 +194,8 @@ def _restore_newest(model: Any, directory: str) -> tuple[CheckpointInfo, Positio
     if skipped:
         warnings.warn(
             f"resume=True: the newest checkpoint(s) in {directory} are damaged and were "
-            "skipped (" + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+            "skipped ("
+            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
             + "). Falling back to the newest intact one.",
             stacklevel=5,
         )

@@ -230,7 +230,10 @@ class CheckpointManager:
         def job() -> None:
             try:
                 self._dir.commit(
-                    info, snapshot.write, extra, flush_early=not self.async_save,
+                    info,
+                    snapshot.write,
+                    extra,
+                    flush_early=not self.async_save,
                     before_publish=self._unpublisher(replaced, kept, start),
                 )
                 try:

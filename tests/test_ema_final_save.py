@@ -55,7 +55,6 @@ def test_latest_checkpoint_predicts_what_fit_returns_and_resume_continues(
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-
 @pytest.mark.parametrize("async_save", [False, True])
 def test_manager_replaces_the_newest_checkpoint_in_place(tmp_path, async_save):
     import tensorflow as tf
@@ -73,7 +72,8 @@ def test_manager_replaces_the_newest_checkpoint_in_place(tmp_path, async_save):
         info = mgr.save(step=5, metrics={"loss": 0.5}, replace=True)
         assert info is not None and info.step == 5
     assert [(i.step, i.metrics["loss"]) for i in list_checkpoints(directory)] == [
-        (4, 2.0), (5, 0.5)
+        (4, 2.0),
+        (5, 0.5),
     ]
     assert verify(str(directory)) == []
     assert tf.train.latest_checkpoint(str(directory)).endswith("ckpt-5")

@@ -9,12 +9,12 @@ import sys
 import warnings
 from pathlib import Path
 
+import _resume_worker as worker
 import keras
 import numpy as np
 import pytest
 from conftest import tiny_model
 
-import _resume_worker as worker
 from keras_ckpt import (
     CheckpointCallback,
     EveryNSteps,
@@ -167,9 +167,7 @@ def test_empty_or_missing_directory_starts_from_scratch(tmp_path):
 def test_two_resuming_callbacks_in_one_fit_raise(tmp_path):
     x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
     first = RotatingCheckpoint(tmp_path / "a", resume=True)
-    second = CheckpointCallback(
-        tmp_path / "b", save=EveryNSteps(1), keep=KeepLast(1), resume=True
-    )
+    second = CheckpointCallback(tmp_path / "b", save=EveryNSteps(1), keep=KeepLast(1), resume=True)
     model = tiny_model()
     with pytest.raises(ValueError, match="resume=True"):
         model.fit(x, y, batch_size=4, callbacks=[first, second], verbose=0)
