@@ -195,3 +195,32 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"resumed {directory}/ckpt-10: epoch 1, batch 10" in out
     assert int(model.optimizer.iterations) == 36
+
+
+def test_timed_checkpoint_resumes_mid_epoch_exactly(tmp_path, reference):
+    from keras_ckpt import TimedCheckpoint
+
+    x, y = worker.data()
+
+    def fit(model, callbacks):
+        cb = TimedCheckpoint(tmp_path / "run", every_seconds=1e-6, max_to_keep=2, resume=True)
+        try:
+            model.fit(
+                x,
+                y,
+                batch_size=worker.BATCH,
+                epochs=3,
+                shuffle=False,
+                callbacks=[cb, *callbacks],
+                verbose=0,
+            )
+        finally:
+            cb.close()
+
+    with pytest.raises(RuntimeError):
+        fit(worker.build_model(), [worker.KillAfter(19, hard=False)])  # saves at every batch
+    assert list_checkpoints(tmp_path / "run")[-1].step == 19
+    model = worker.build_model()
+    fit(model, [])
+    assert int(model.optimizer.iterations) == 36
+    _assert_equal_weights(model.get_weights(), reference)
