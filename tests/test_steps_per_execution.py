@@ -92,3 +92,12 @@ def test_step_level_validation_runs_at_the_same_save_points(tmp_path):
     # the last one was evaluated with the final weights
     expected = model.evaluate(x, y, verbose=0)
     assert cb.checkpoints[-1].metrics["val_loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_timed_saves_are_checked_at_each_execution(tmp_path):
+    from keras_ckpt import TimedCheckpoint
+
+    x = np.random.default_rng(4).random((12, 3)).astype("float32")
+    cb = TimedCheckpoint(tmp_path / "run", every_seconds=1e-6, save_on_train_end=False)
+    _model(4).fit(x, x[:, :1], batch_size=1, epochs=1, callbacks=[cb], verbose=0)
+    assert _steps(tmp_path / "run") == [4, 8, 12]  # one hook per 4 batches, each one due
