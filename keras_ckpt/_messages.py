@@ -107,3 +107,13 @@ def skipped_line(
         return f"{label}: {best.monitor} is {value}, not a finite value; nothing saved"
     old = _number(previous.metrics[best.monitor])
     return f"{label}: {best.monitor} ({value}) did not improve from {old}, nothing saved"
+
+
+def same_step_line(label: str, step: int, latest: CheckpointInfo | None) -> str:
+    """`Epoch 2: step 6 is saved already (...)`: the optimizer's step did not advance."""
+    where = f" ({latest.path})" if latest is not None and latest.step == step else ""
+    return (
+        f"{label}: step {step} is saved already{where}: the optimizer's step did not advance "
+        "since the last save point (gradient accumulation, or a step the loss scaler "
+        "skipped), nothing saved"
+    )

@@ -166,6 +166,17 @@ class SavePlanner:
         doomed = [i for i in kept if i.step not in protected]
         return info, [i for i in kept if i.step in protected], doomed
 
+    def replan(self, step: int, values: dict[str, float], epoch: int | None) -> Plan | None:
+        """A new state for the newest kept checkpoint, under its step; None if `step` is not it.
+
+        The plan's third item is the checkpoint replaced (to remove just before the new one
+        is renamed in), not a deletion of the policies.
+        """
+        if not self.kept or self.kept[-1].step != step or step != self.newest_step:
+            return None
+        info = CheckpointInfo(self._prefix(step), int(step), epoch, values, time.time())
+        return info, [*self.kept[:-1], info], [self.kept[-1]]
+
     def follow_chief(
         self,
         strategy: tf.distribute.Strategy,

@@ -21,8 +21,9 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._fit_resume import Position, Resumption
 from keras_ckpt._io import say
-from keras_ckpt._messages import skipped_line
+from keras_ckpt._messages import same_step_line, skipped_line
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
@@ -106,6 +107,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         verbose: 1 prints one line per save and deletion, Keras-style (`Epoch 3: saved
             runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`); 2 also one line
             per save point that saved nothing.
+        resume: In `on_train_begin`, restore the newest intact checkpoint of `directory`
+            (model, optimizer, random-generator state) and make `fit` continue from it,
+            skipping the batches of the interrupted epoch already trained; an empty or
+            missing directory starts from scratch. At most one callback of a `fit` may
+            resume. `verbose=1` prints `resumed runs/last/ckpt-1500: epoch 3, batch 12`
+            (Keras' epoch number, and how many of its batches were trained already).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
         save_graph: At the first save, also write the model's computation once as a
             SavedModel in `<directory>/graph/`, so that `load_model`, `evaluate_checkpoints`
             and `export_saved_model` work without the model's code (subclassed models).
@@ -127,6 +135,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
         super().__init__()
@@ -147,9 +157,15 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.verbose = _check_verbose(verbose)
+        self.resume = bool(resume)
+        self.save_on_preemption = bool(save_on_preemption)
         self.save_graph = bool(save_graph)
         self.manager: CheckpointManager | None = None
-        self._batches = 0
+        self._resumption: Resumption | None = None
+        self._saved_iterations: int | None = None  # the optimizer's step at the last save
+        self._told_same_step = False
+        self._batches = 0  # batches since the last save point, counted as ModelCheckpoint does
+        self._last_batch: int | None = None  # the `batch` of the previous hook
         self._last_time = time.monotonic()
         self._epochs_done = 0
         self._last_logs: dict[str, Any] = {}
@@ -178,37 +194,69 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
         token = _fit_frame_token()
         self.manager._active_check = lambda: _frame_alive(token)
-        self.manager._prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
+        self._last_batch = None
         self._last_time = time.monotonic()
         self._epochs_done = 0
         self._last_logs = {}
+        self._resumption = Resumption(self) if self.resume else None
+        position = self._resumption.begin() if self._resumption else None
+        if position is not None:  # the save schedule continues as if nothing happened
+            self._epochs_done = position.epochs
+            self._batches = position.since_save
+            self._last_batch = position.batches - 1 if position.batches else None
+        self.manager._prepare()  # if the optimizer is built already (a resumed run)
+        latest, iterations = self.manager.latest, _iterations(self.model)
+        self._saved_iterations = iterations if latest and latest.step == iterations else None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch
+        if self._resumption is not None:
+            self._resumption.epoch_begins()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
-        self._batches += 1
-        if self._batches == 1:  # the optimizer is built by its first step, not before
+        if self._resumption is not None and self._resumption.skipped(batch):
+            return  # a batch trained before the interruption, consumed without training
+        # With compile(steps_per_execution=k) this hook runs once per k batches, `batch`
+        # being the last of them: count batches from it, exactly as ModelCheckpoint does.
+        first = self._last_batch is None
+        if first or batch <= self._last_batch:  # a new epoch (batches are zero-indexed)
+            self._batches += batch + 1
+        else:
+            self._batches += batch - self._last_batch
+        self._last_batch = batch
+        if first:  # the optimizer is built by its first step, not before
             self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
-            self._save_point(logs, epoch_end=False)
+            self._save_point(logs, epoch_end=False, batch=batch)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
+        if self._resumption is not None:
+            self._resumption.epoch_ends()
         self._last_logs = dict(logs or {})
         if self.save_policy.at_epoch(time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=True)
         self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self._resumption is not None:
+            self._resumption.end()
         if self.manager is None:
             return
         try:
             if self.save_on_train_end:
                 metrics = {**self._last_logs, **(logs or {})}
                 self.manager._label = self._epoch_label(running=self._epochs_done)
-                self.manager.save(metrics=metrics, epoch=self._epochs_done)
+                position = Position(self._epochs_done, 0, self._batches)
+                # With EMA, fit swapped the averaged weights in after the last save point:
+                # the final model differs from the checkpoint of its step, which it replaces.
+                self.manager.save(
+                    metrics=metrics,
+                    epoch=self._epochs_done,
+                    extra=position.record(),
+                    replace=_uses_ema(self.model),
+                )
         finally:
             self.close()
 
@@ -219,7 +267,9 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     # -- one save point -----------------------------------------------------------------------
 
-    def _save_point(self, logs: dict[str, Any] | None, epoch_end: bool) -> CheckpointInfo | None:
+    def _save_point(
+        self, logs: dict[str, Any] | None, epoch_end: bool, batch: int | None = None
+    ) -> CheckpointInfo | None:
         self._batches = 0
         self._last_time = time.monotonic()
         metrics = dict(logs or {})
@@ -230,12 +280,33 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
+        position = self._position(batch)
         self.manager._label = self._epoch_label(running)
         before = self.manager.checkpoints
-        info = self.manager.save(metrics=metrics, epoch=self._epochs_done)
-        if info is None and self.verbose > 1:
+        info = self.manager.save(metrics=metrics, epoch=position.epochs, extra=position.record())
+        iterations = _iterations(self.model)
+        if info is not None:
+            self._saved_iterations = iterations
+        elif iterations is not None and iterations == self._saved_iterations:
+            if self.verbose > 1 or (self.verbose and not self._told_same_step):
+                latest = self.manager.latest
+                step = latest.step if latest is not None else iterations
+                say(same_step_line(self.manager._label, step, latest))
+            self._told_same_step = True
+        elif self.verbose > 1:
             say(skipped_line(self.manager._label, metrics, self.keep, before))
         return info
+
+    def _position(self, batch: int | None) -> Position:
+        """Where `fit` stands after `batch` of the running epoch (None: at its end).
+
+        After an epoch's last batch that epoch is complete: labelled as its end would be.
+        """
+        steps = self.params.get("steps") if self.params else None
+        if batch is None or (steps and batch + 1 >= steps):
+            done = self._epochs_done + (0 if batch is None else 1)
+            return Position(done, 0, self._batches)
+        return Position(self._epochs_done, batch + 1, self._batches)
 
     def _epoch_label(self, running: int) -> str:
         """`Epoch 3` for verbose lines; on a new line while Keras draws a progress bar."""
@@ -298,8 +369,7 @@ class BestCheckpoint(CheckpointCallback):
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion; 2 also one per save point
             where the monitor did not improve.
-        save_graph: Write the model's computation once in `<directory>/graph/` (see
-            `CheckpointCallback`).
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> cb = BestCheckpoint("runs/best", monitor="val_loss", keep_best=3)
@@ -365,8 +435,10 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
-        save_graph: Write the model's computation once in `<directory>/graph/` (see
-            `CheckpointCallback`).
+        resume: Restore the newest intact checkpoint in `on_train_begin` and continue `fit`
+            from it, mid-epoch included (see `CheckpointCallback`).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> model.fit(x, y, epochs=50, callbacks=[RotatingCheckpoint("runs/last", 3)])
@@ -382,6 +454,8 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
         keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
@@ -395,6 +469,8 @@ class RotatingCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            resume=resume,
+            save_on_preemption=save_on_preemption,
             save_graph=save_graph,
         )
 
@@ -411,8 +487,10 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
-        save_graph: Write the model's computation once in `<directory>/graph/` (see
-            `CheckpointCallback`).
+        resume: Restore the newest intact checkpoint in `on_train_begin` and continue `fit`
+            from it, mid-epoch included (see `CheckpointCallback`).
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_graph: Also write the model's computation as a SavedModel in `graph/`, once.
 
     Example:
         >>> cb = TimedCheckpoint("runs/timed", every_seconds=1800, max_to_keep=4)
@@ -428,6 +506,8 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        resume: bool = False,
+        save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
         _check_positive_number("every_seconds", every_seconds)
@@ -444,8 +524,23 @@ class TimedCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            resume=resume,
+            save_on_preemption=save_on_preemption,
             save_graph=save_graph,
         )
+
+
+def _iterations(model: Any) -> int | None:
+    """The optimizer's step count (what numbers the checkpoints), or None."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    return None if iterations is None else int(iterations.numpy())
+
+
+def _uses_ema(model: Any) -> bool:
+    """True if `model`'s optimizer keeps an EMA of the weights (swapped in when fit ends)."""
+    optimizer = getattr(model, "optimizer", None)
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # LossScaleOptimizer
+    return bool(getattr(optimizer, "use_ema", False))
 
 
 def _keep_last(name: str, value: Any) -> KeepLast:

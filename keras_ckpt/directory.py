@@ -235,6 +235,7 @@ class CheckpointDirectory:
         write: Callable[[str], None],
         extra: dict[str, Any] | None = None,
         flush_early: bool = True,
+        before_publish: Callable[[], None] | None = None,
     ) -> dict[str, Any]:
         """Writes one checkpoint atomically (all files complete, or none visible as kept).
 
@@ -246,6 +247,8 @@ class CheckpointDirectory:
                 after it waits only for the tail (what a save on the training thread
                 wants); False leaves the flushing to that `fsync`, using less CPU while
                 `write` runs (what a background save next to training wants).
+            before_publish: Called once the files are complete, just before they are renamed
+                in (a replacement removes the checkpoint it replaces there).
 
         Returns:
             The JSON record written.
@@ -270,6 +273,8 @@ class CheckpointDirectory:
             text = to_json(info, record_extra)
             _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())
             data = sorted(f for f in files if f != f"{name}.index")
+            if before_publish is not None:
+                before_publish()
             for fname in [f"{name}.json", *data, f"{name}.index"]:
                 _fs.rename(_fs.join(tmpdir, fname), _fs.join(self.path, fname), overwrite=True)
                 moved.append(fname)

@@ -160,6 +160,9 @@ class CheckpointManager:
         step: int | None = None,
         metrics: dict[str, Any] | None = None,
         epoch: int | None = None,
+        *,
+        extra: dict[str, Any] | None = None,
+        replace: bool = False,
     ) -> CheckpointInfo | None:
         """Saves a checkpoint if a keep policy wants it.
 
@@ -167,6 +170,13 @@ class CheckpointManager:
             step: The global step; default the optimizer's iteration count (or a counter).
             metrics: Metric values recorded with the checkpoint (`KeepBest` reads them).
             epoch: Epochs completed, recorded for `resume`.
+            extra: More JSON fields for the checkpoint's record (`ckpt-N.json`); the
+                callbacks store their position in `fit` there, for `resume=True`.
+            replace: If the newest kept checkpoint has this step already, write this state
+                in its place (the model `fit` returns can differ from the state saved at its
+                last step: Keras swaps EMA weights in after it). Crash-safe: the old one is
+                removed only once the new one's files are complete, just before they are
+                renamed in.
 
         Returns:
             The new `CheckpointInfo`, or None when no keep policy wants it (nothing written).
@@ -187,11 +197,18 @@ class CheckpointManager:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
         if self._strategy is None:
             plan = planner.plan(step, values, epoch)
+            replaced = None
+            if plan is None and replace:
+                plan = planner.replan(step, values, epoch)
+                replaced = plan[2] if plan is not None else None
         else:
             plan = planner.follow_chief(self._strategy, self.is_chief, step, values, epoch)
+            replaced = None
         if plan is None:
             return None
         info, kept, doomed = plan
+        if replaced:
+            doomed = []
         planner.newest_step = info.step
         if not self.is_chief:
             planner.kept = kept
@@ -201,7 +218,7 @@ class CheckpointManager:
         self._raise_background_error()
         snapshot = self._snapshots.take(copy=self.async_save)
         try:
-            extra = self._record_extra()
+            extra = {**(extra or {}), **self._record_extra()}
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
         lines = []
@@ -219,7 +236,13 @@ class CheckpointManager:
 
         def job() -> None:
             try:
-                self._dir.commit(info, snapshot.write, extra, flush_early=not self.async_save)
+                self._dir.commit(
+                    info,
+                    snapshot.write,
+                    extra,
+                    flush_early=not self.async_save,
+                    before_publish=self._unpublisher(replaced, kept, start),
+                )
                 try:
                     self._dir.write_state(kept, start)
                 except BaseException:
@@ -247,6 +270,19 @@ class CheckpointManager:
                 self._reload()
                 raise
         return info
+
+    def _unpublisher(
+        self, replaced: list[CheckpointInfo] | None, kept: list[CheckpointInfo], start: float
+    ) -> Any:
+        """For a replacement: un-name, then remove, the checkpoint the new one replaces."""
+        if not replaced:
+            return None
+
+        def unpublish() -> None:
+            self._dir.write_state(kept[:-1], start)  # the state file names complete ones only
+            self._dir.delete(replaced)
+
+        return unpublish
 
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
         return CheckpointError(
