@@ -106,6 +106,10 @@ class CheckpointCallback(keras.callbacks.Callback):
         verbose: 1 prints one line per save and deletion, Keras-style (`Epoch 3: saved
             runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`); 2 also one line
             per save point that saved nothing.
+        save_on_preemption: On SIGTERM (Kubernetes, Slurm, spot VMs), finish the batch,
+            save that step synchronously (no validation, whatever the keep policies say; kept
+            until a newer checkpoint exists), stop `fit`, and restore the previous SIGTERM
+            handler when training ends. False: no handler is installed.
 
     Example:
         >>> cb = CheckpointCallback("runs/mix", save=EveryNSteps(100),
@@ -124,6 +128,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_on_preemption: bool = False,
     ) -> None:
         super().__init__()
         if directory is None or not _fs.fspath(directory):
@@ -143,6 +148,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
         self.verbose = _check_verbose(verbose)
+        self.save_on_preemption = bool(save_on_preemption)
         self.manager: CheckpointManager | None = None
         self._batches = 0
         self._last_time = time.monotonic()
@@ -169,6 +175,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 save_optimizer=self.save_optimizer,
                 async_save=self.async_save,
                 verbose=self.verbose,
+                save_on_preemption=self.save_on_preemption,
             )
         token = _fit_frame_token()
         self.manager._active_check = lambda: _frame_alive(token)
@@ -187,6 +194,9 @@ class CheckpointCallback(keras.callbacks.Callback):
             self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False)
+        if self.manager.preempted:  # SIGTERM: save this step (if not just saved), then stop
+            self._save_point(logs, epoch_end=False)
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
@@ -199,7 +209,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.manager is None:
             return
         try:
-            if self.save_on_train_end:
+            if self.save_on_train_end or self.manager.preempted:
                 metrics = {**self._last_logs, **(logs or {})}
                 self.manager._label = self._epoch_label(running=self._epochs_done)
                 self.manager.save(metrics=metrics, epoch=self._epochs_done)
@@ -217,11 +227,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches = 0
         self._last_time = time.monotonic()
         metrics = dict(logs or {})
-        if self.validation_data is not None and not (
+        preempted = self.manager.preempted  # no time to evaluate; any metrics will do
+        if self.validation_data is not None and not preempted and not (
             epoch_end and any(k.startswith("val_") for k in metrics)
         ):
             metrics.update(self._evaluate())
-        self._check_monitors(metrics, epoch_end)
+        if not preempted:
+            self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
         self.manager._label = self._epoch_label(running)
@@ -355,6 +367,8 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` (see
+            `CheckpointCallback`).
 
     Example:
         >>> model.fit(x, y, epochs=50, callbacks=[RotatingCheckpoint("runs/last", 3)])
@@ -370,6 +384,7 @@ class RotatingCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_on_preemption: bool = False,
     ) -> None:
         keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
         if keep_every_n_hours is not None:
@@ -382,6 +397,7 @@ class RotatingCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_on_preemption=save_on_preemption,
         )
 
 
@@ -397,6 +413,8 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: Store the optimizer's state too.
         async_save: Write in the background.
         verbose: 1 prints one line per save and deletion.
+        save_on_preemption: On SIGTERM, save the current step and stop `fit` (see
+            `CheckpointCallback`).
 
     Example:
         >>> cb = TimedCheckpoint("runs/timed", every_seconds=1800, max_to_keep=4)
@@ -412,6 +430,7 @@ class TimedCheckpoint(CheckpointCallback):
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_on_preemption: bool = False,
     ) -> None:
         _check_positive_number("every_seconds", every_seconds)
         keep: list[KeepPolicy] = [
@@ -427,6 +446,7 @@ class TimedCheckpoint(CheckpointCallback):
             save_optimizer=save_optimizer,
             async_save=async_save,
             verbose=verbose,
+            save_on_preemption=save_on_preemption,
         )
 
 
