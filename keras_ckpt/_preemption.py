@@ -35,31 +35,30 @@ def _handler(signum: int, frame: Any) -> None:
     """Marks every active watch preempted. Runs in the main thread between two bytecodes."""
     watches = [w for w in tuple(_WATCHES) if w.active()]
     if watches:
-        for watch in watches:
+        for watch in watches:  # nothing more here: no I/O, no locks (it interrupts anything)
             watch.preempted = True
-        logger.info("SIGTERM received: saving at the next save point, then stopping.")
         return
     # Every watch belongs to a training run that ended without closing its manager (`fit`
     # raised): nobody will save, so the signal does what it did before we were installed.
-    previous = _uninstall()
+    _uninstall()
+    previous = signal.getsignal(signum)
     if callable(previous):
         previous(signum, frame)
     elif previous == signal.SIG_DFL:
-        signal.raise_signal(signum)
+        signal.raise_signal(signum)  # terminates the process, as SIGTERM did before
 
 
-def _uninstall() -> Any:
-    """Puts the previous handler back (unless someone replaced ours since); returns it."""
+def _uninstall() -> None:
+    """Puts the previous handler back (unless someone replaced ours since)."""
     global _previous
     previous, _previous = _previous, None
     _WATCHES.clear()
     if signal.getsignal(_SIGNAL) is not _handler:
         logger.debug("SIGTERM handler replaced by someone else: not restoring the previous one")
-        return previous
+        return
     # None: a handler installed outside Python, which cannot be put back; the default is
     # the closest.
     signal.signal(_SIGNAL, signal.SIG_DFL if previous is None else previous)
-    return previous
 
 
 class PreemptionWatch:
@@ -101,16 +100,16 @@ class PreemptionWatch:
                     "the main thread, and this manager was created in "
                     f"{threading.current_thread().name!r}; preemption will not be noticed. "
                     "Create the callback or manager in the main thread.",
-                    stacklevel=4,
+                    stacklevel=3,
                 )
             return False
         with _GUARD:
+            _WATCHES.append(self)  # first: a signal arriving meanwhile finds it
+            self.started = True
             current = signal.getsignal(_SIGNAL)
             if current is not _handler:  # (still ours if the last stop was not in main)
-                signal.signal(_SIGNAL, _handler)
                 _previous = current
-            _WATCHES.append(self)
-            self.started = True
+                signal.signal(_SIGNAL, _handler)
         return True
 
     def stop(self) -> None:

@@ -228,8 +228,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._last_time = time.monotonic()
         metrics = dict(logs or {})
         preempted = self.manager.preempted  # no time to evaluate; any metrics will do
-        if self.validation_data is not None and not preempted and not (
-            epoch_end and any(k.startswith("val_") for k in metrics)
+        if self.validation_data is not None and not (
+            preempted or (epoch_end and any(k.startswith("val_") for k in metrics))
         ):
             metrics.update(self._evaluate())
         if not preempted:

@@ -58,11 +58,9 @@ class CheckpointManager:
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion (`Step 500: saved
             runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
-        save_on_preemption: If True, a SIGTERM handler (installed from the main thread,
-            the previous one restored by `close`) sets `preempted`; every `save` after it
-            is a preemption save: written synchronously (after the write in flight) even
-            if no keep policy wants it, and kept until a newer checkpoint exists, so that
-            a relaunch resumes from it. The loop saves, then stops. False: no handler.
+        save_on_preemption: If True, a SIGTERM handler (main thread only; `close` puts the
+            previous one back) sets `preempted`; the loop then saves and stops (see `save`).
+            False: no handler is installed.
 
     Under a `tf.distribute` strategy, call `save` on every worker at the same points (the
     variables are read collectively). With `MultiWorkerMirroredStrategy` each save first
@@ -71,18 +69,13 @@ class CheckpointManager:
     only to a local temporary directory that is removed at once (`is_chief` says which).
 
     Example:
-        >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)]) as mgr:
+        >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)],
+        ...                        save_on_preemption=True) as mgr:
         ...     for step in range(1, 101):
         ...         loss = train_step(next(batches))
-        ...         if step % 10 == 0:
+        ...         if step % 10 == 0 or mgr.preempted:
         ...             mgr.save(metrics={"loss": float(loss)})
-
-        >>> with CheckpointManager("runs/loop", model, save_on_preemption=True) as mgr:
-        ...     for step in range(1, 100_001):
-        ...         train_step(next(batches))
-        ...         if step % 1000 == 0 or mgr.preempted:
-        ...             mgr.save()
-        ...         if mgr.preempted:  # SIGTERM: the step is saved, stop within the grace period
+        ...         if mgr.preempted:  # SIGTERM: this step is saved; stop in the grace period
         ...             break
     """
 
@@ -189,9 +182,9 @@ class CheckpointManager:
             metrics: Metric values recorded with the checkpoint (`KeepBest` reads them).
             epoch: Epochs completed, recorded for `resume`.
 
-        After SIGTERM (`preempted`), the save is made whatever the keep policies say, on
-        this thread, and kept until a newer checkpoint exists; if `step` is saved already,
-        that checkpoint is returned.
+        After SIGTERM (`preempted`) a save is made whatever the keep policies say, on this
+        thread (after the write in flight), and kept until a newer checkpoint exists (a
+        relaunch resumes from it); if `step` is saved already, that checkpoint is returned.
 
         Returns:
             The new `CheckpointInfo`, or None when no keep policy wants it (nothing written).
@@ -231,25 +224,24 @@ class CheckpointManager:
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
         self._raise_background_error()
-        snapshot = self._snapshots.take(copy=self.async_save and not forced)
+        background = self.async_save and not forced  # a preemption save is done on return
+        snapshot = self._snapshots.take(copy=background)
         try:
             extra = self._record_extra()
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
-        background = self.async_save and not forced
-        lines = []
         if forced:
             extra["preempted"] = True  # a relaunch's planner keeps it while it is the newest
+        lines = []
         if self.verbose:
             label = self._label or f"Step {info.step}"
-            if forced:
-                lines.append(f"{label}: saved {info.path} on preemption (SIGTERM)")
-            else:
-                lines.append(
-                    _messages.saved_line(
-                        label, info, planner.policies, planner.kept, planner.start, background
-                    )
+            lines.append(
+                f"{label}: saved {info.path} on preemption (SIGTERM)"
+                if forced
+                else _messages.saved_line(
+                    label, info, planner.policies, planner.kept, planner.start, background
                 )
+            )
             lines += [_messages.deleted_line(label, gone, planner.policies) for gone in doomed]
         planner.kept = kept
         self._saved_since_log.append(info.step)

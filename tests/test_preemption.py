@@ -171,7 +171,9 @@ def test_custom_loop_saves_on_sigterm_and_the_save_stays_until_a_newer_one(
     run = tmp_path / "loop"
     model = tiny_model()
     scripted_val = {2: 0.5, 4: 0.3, 6: 0.4}  # step 4 is the best; 6 is not wanted
-    with CheckpointManager(run, model, keep=[KeepBest("val_loss")], save_on_preemption=True) as mgr:
+    with CheckpointManager(
+        run, model, keep=[KeepBest("val_loss")], save_on_preemption=True
+    ) as mgr:
         for step in range(1, 100):
             _train_step(model, x[:8], y[:8])
             if step == 7:
