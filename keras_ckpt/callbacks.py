@@ -201,8 +201,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         self._last_logs = dict(logs or {})
-        if self.save_policy.at_epoch(time.monotonic() - self._last_time):
+        preempted = self.manager.preempted  # (SIGTERM during the validation: save, stop now)
+        if self.save_policy.at_epoch(time.monotonic() - self._last_time) or preempted:
             self._save_point(logs, epoch_end=True)
+        if preempted:
+            self.model.stop_training = True
         self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:

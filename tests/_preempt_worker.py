@@ -5,16 +5,16 @@ seconds) but runs no TensorFlow op, then serves commands from stdin, one per lin
 
 - ``run {json}``: forks a trainer on ``dir``: 3 epochs of 12 batches (numpy, shuffle=False),
   ``RotatingCheckpoint(dir, max_to_keep=2, save_freq=5, save_on_preemption=True,
-  async_save=...)``, each batch slowed down by ``batch_seconds`` so that a signal sent at a
-  random time lands mid-training. With ``slow_commit`` (seconds), every background write
-  first prints ``writing N`` and sleeps that long: a SIGTERM sent on that line arrives while
-  the write of step N is in flight. Before `fit` the trainer installs its own SIGTERM handler
-  (it prints ``previous handler called``), the one `fit` must give back. The trainer prints
-  (flushed, one line each): ``training PID`` after its first batch, ``step N`` at the end
-  of each batch (before the checkpoint callback's hook), then, when `fit`
-  returned, ``done {json}`` (``iterations``: the optimizer's count, ``stop_training``,
-  ``handler_restored``) and saves its final weights to ``DIR.final.npz``; it exits 0 only if
-  `fit` returned.
+  async_save=...)`` (and ``resume=True`` if ``resume``), each batch slowed down by
+  ``batch_seconds`` so that a signal sent at a random time lands mid-training. With
+  ``slow_commit`` (seconds), every background write first prints ``writing N`` and sleeps
+  that long: a SIGTERM sent on that line arrives while the write of step N is in flight.
+  Before `fit` the trainer installs its own SIGTERM handler (it prints ``previous handler
+  called``), the one `fit` must give back. The trainer prints (flushed, one line each):
+  ``training PID`` after its first batch, ``step N`` at the end of each batch (before the
+  checkpoint callback's hook), then, when `fit` returned, ``done {json}`` (``iterations``:
+  the optimizer's count, ``stop_training``, ``handler_restored``) and saves its final
+  weights to ``DIR.final.npz``; it exits 0 only if `fit` returned.
 - ``wait PID``: reaps that trainer; answers ``exit PID CODE``.
 - ``quit``.
 """
@@ -105,6 +105,7 @@ def train(args: dict) -> None:
         save_freq=5,
         save_on_preemption=True,
         async_save=bool(args.get("async")),
+        **({"resume": True} if args.get("resume") else {}),  # once `resume=True` exists
     )
     model.fit(
         x,

@@ -251,6 +251,31 @@ def test_sigterm_in_the_last_batch_is_saved_at_train_end_with_one_line(
     assert signal.getsignal(signal.SIGTERM) is previous_handler
 
 
+def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
+    x, y = tiny_data()
+    model = tiny_model()
+
+    class TermInValidation(keras.callbacks.Callback):
+        def on_test_batch_end(self, batch, logs=None):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cb = RotatingCheckpoint(tmp_path / "run", save_freq=100, save_on_preemption=True)
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=3,
+        validation_data=(x, y),
+        verbose=0,
+        callbacks=[TermInValidation(), cb],
+    )
+    assert len(history.history["loss"]) == 1  # no batch of epoch 2 ran
+    assert _steps(tmp_path / "run") == [4]
+    record = _record(tmp_path / "run", 4)
+    assert record["preempted"] is True and record["epoch"] == 1
+    assert "val_loss" in record["metrics"]  # Keras' validation had run
+
+
 # -- a subprocess trainer (acceptance 3) ---------------------------------------------------------
 
 
@@ -273,6 +298,7 @@ class _Zygote:
         self.lines.put("EOF")
 
     def send(self, line: str) -> None:
+        self.seen = []  # the lines since the last command
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
