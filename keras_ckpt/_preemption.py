@@ -8,7 +8,7 @@ thread, while variables are half updated.
 One process-wide handler serves every open watch: it is installed when the first one starts
 and the handler found then is put back when the last one stops, so two managers with
 `save_on_preemption=True` never restore each other's handler. Python only lets the main
-thread install signal handlers; elsewhere a watch warns once and never fires.
+thread install signal handlers; elsewhere a watch warns when started and never fires.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ _SIGNAL = signal.SIGTERM
 _GUARD = threading.Lock()
 _WATCHES: list[PreemptionWatch] = []  # open watches, in start order
 _previous: Any = None  # the handler found when the first watch started
-_warned_thread = False
 
 
 def _handler(signum: int, frame: Any) -> None:
@@ -89,19 +88,17 @@ class PreemptionWatch:
 
     def start(self) -> bool:
         """Installs the handler if this is the first started watch; False outside main."""
-        global _previous, _warned_thread
+        global _previous
         if self.started:
             return True
         if threading.current_thread() is not threading.main_thread():
-            if not _warned_thread:
-                _warned_thread = True
-                warnings.warn(
-                    "save_on_preemption=True: a SIGTERM handler can only be installed from "
-                    "the main thread, and this manager was created in "
-                    f"{threading.current_thread().name!r}; preemption will not be noticed. "
-                    "Create the callback or manager in the main thread.",
-                    stacklevel=3,
-                )
+            warnings.warn(
+                "save_on_preemption=True: a SIGTERM handler can only be installed from the "
+                f"main thread, and this manager was created in "
+                f"{threading.current_thread().name!r}; preemption will not be noticed. Create "
+                "the callback or manager (call `fit`) in the main thread.",
+                stacklevel=3,
+            )
             return False
         with _GUARD:
             _WATCHES.append(self)  # first: a signal arriving meanwhile finds it

@@ -13,7 +13,8 @@ seconds) but runs no TensorFlow op, then serves commands from stdin, one per lin
   called``), the one `fit` must give back. The trainer prints (flushed, one line each):
   ``training PID`` after its first batch, ``step N`` at the end of each batch (before the
   checkpoint callback's hook), then, when `fit` returned, ``done {json}`` (``iterations``:
-  the optimizer's count, ``stop_training``, ``handler_restored``) and saves its final
+  the optimizer's count, ``stop_training``, ``handler_restored``, ``returned_at``: when
+  `fit` returned, by `time.time()`) and saves its final
   weights to ``DIR.final.npz``; it exits 0 only if `fit` returned.
 - ``wait PID``: reaps that trainer; answers ``exit PID CODE``.
 - ``quit``.
@@ -116,8 +117,10 @@ def train(args: dict) -> None:
         verbose=0,
         callbacks=[Slow(args.get("batch_seconds", 0.03)), checkpoint],
     )
+    returned = time.time()
     np.savez(args["dir"] + ".final.npz", *model.get_weights())
     done = {
+        "returned_at": returned,
         "iterations": int(model.optimizer.iterations.numpy()),
         "stop_training": bool(model.stop_training),
         "handler_restored": signal.getsignal(signal.SIGTERM) is previous,

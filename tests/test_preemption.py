@@ -31,6 +31,7 @@ from keras_ckpt import (
 )
 
 HERE = Path(__file__).parent
+_LATENCIES: list[float] = []  # seconds from SIGTERM sent to `fit` returned, printed with -s
 
 
 def _record(directory: Path, step: int) -> dict:
@@ -120,18 +121,22 @@ def test_two_managers_restore_the_first_handler_whatever_the_closing_order(
 
 def test_a_manager_outside_the_main_thread_warns_and_installs_nothing(tmp_path, previous_handler):
     model = tiny_model()
-    caught = []
+    made = []
 
     def create():
         with pytest.warns(UserWarning, match="main thread") as record:
-            mgr = CheckpointManager(tmp_path / "t", model, save_on_preemption=True)
-        caught.extend(str(w.message) for w in record)
-        mgr.close()
+            made.append(CheckpointManager(tmp_path / "t", model, save_on_preemption=True))
+        made.append(str(record[0].message))
 
     thread = threading.Thread(target=create)
     thread.start()
     thread.join()
-    assert caught and "SIGTERM" in caught[0]
+    mgr, message = made
+    assert "SIGTERM" in message and "preemption will not be noticed" in message
+    assert signal.getsignal(signal.SIGTERM) is previous_handler
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert previous_handler.calls == 1 and not mgr.preempted
+    mgr.close()
     assert signal.getsignal(signal.SIGTERM) is previous_handler
 
 
@@ -316,8 +321,10 @@ class _Zygote:
         self.proc.wait(timeout=30)
 
 
-def _check_preempted_run(run: Path, zygote: _Zygote, pid: int) -> int:
+def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -> int:
     done = json.loads(zygote.expect("done"))
+    assert done["returned_at"] - sent_at < 10  # well within a 30 s grace period
+    _LATENCIES.append(done["returned_at"] - sent_at)
     zygote.send(f"wait {pid}")
     assert zygote.expect(f"exit {pid}") == "0"  # fit returned normally
     step = done["iterations"]
@@ -359,8 +366,9 @@ def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path):
             else:
                 zygote.expect(f"step {target}")
                 time.sleep(rng.uniform(0.0, 0.01))
+            sent_at = time.time()
             os.kill(pid, signal.SIGTERM)
-            step = _check_preempted_run(run, zygote, pid)
+            step = _check_preempted_run(run, zygote, pid, sent_at)
             assert target is None or target <= step <= target + 1
             stopped.append(step)
 
@@ -372,10 +380,12 @@ def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path):
         assert zygote.expect("writing") == "5"  # in flight for a second from now
         if "step 6" not in zygote.seen:
             zygote.expect("step 6")
+        sent_at = time.time()
         os.kill(pid, signal.SIGTERM)
-        step = _check_preempted_run(run, zygote, pid)
+        step = _check_preempted_run(run, zygote, pid, sent_at)
         assert 5 < step < 10 and _steps(run) == [5, step]
         assert "preempted" not in _record(run, 5)
         print("targets", targets, "preempted at steps", stopped, "and", step, "(async)")
+        print("SIGTERM to fit returned, s:", [round(t, 3) for t in _LATENCIES])
     finally:
         zygote.close()
