@@ -90,18 +90,26 @@ def test_no_handler_is_installed_without_the_flag(tmp_path, previous_handler):
     assert signal.getsignal(signal.SIGTERM) is previous_handler
 
 
-def test_fit_with_the_flag_gives_the_previous_handler_back(tmp_path, previous_handler):
+@pytest.mark.parametrize("preset", ["rotating", "timed", "general"])
+def test_fit_with_the_flag_gives_the_previous_handler_back(tmp_path, previous_handler, preset):
     x, y = tiny_data()
     model = tiny_model()
     spy = _HandlerDuringFit()
-    cb = RotatingCheckpoint(tmp_path / "run", save_freq=2, save_on_preemption=True)
+    run = tmp_path / "run"
+    cb = {
+        "rotating": lambda: RotatingCheckpoint(run, save_freq=2, save_on_preemption=True),
+        "timed": lambda: TimedCheckpoint(run, every_seconds=3600, save_on_preemption=True),
+        "general": lambda: CheckpointCallback(
+            run, save=EveryNSteps(2), save_on_train_end=True, save_on_preemption=True
+        ),
+    }[preset]()
     history = model.fit(x, y, batch_size=8, epochs=2, callbacks=[spy, cb], verbose=0)
 
     assert all(h is not previous_handler for h in spy.seen)  # ours, while fit runs
     assert signal.getsignal(signal.SIGTERM) is previous_handler
     assert len(history.history["loss"]) == 2 and not cb.manager.preempted
-    assert _steps(tmp_path / "run")[-1] == 8
-    assert "preempted" not in _record(tmp_path / "run", 8)
+    assert _steps(run)[-1] == 8
+    assert "preempted" not in _record(run, 8)
     assert previous_handler.calls == 0
 
 
@@ -254,6 +262,32 @@ def test_sigterm_in_the_last_batch_is_saved_at_train_end_with_one_line(
     lines = [line for line in out.splitlines() if "preemption" in line or "SIGTERM" in line]
     assert len(lines) == 1 and "ckpt-8" in lines[0], out
     assert signal.getsignal(signal.SIGTERM) is previous_handler
+
+
+def test_sigterm_mid_epoch_in_a_keep_best_directory_saves_without_evaluating(tmp_path):
+    """No `val_loss` at that batch, no time to evaluate: saved and kept all the same."""
+    x, y = tiny_data()
+    model = tiny_model()
+
+    class Term(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 5:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    cb = CheckpointCallback(
+        tmp_path / "run",
+        save=EveryNSteps(3),
+        keep=[KeepBest("val_loss")],
+        validation_data=(x, y),
+        save_on_preemption=True,
+    )
+    model.fit(x, y, batch_size=8, epochs=3, callbacks=[Term(), cb], verbose=0)
+    assert int(model.optimizer.iterations.numpy()) == 5
+    assert _steps(tmp_path / "run") == [3, 5]
+    record = _record(tmp_path / "run", 5)
+    assert record["preempted"] is True and "val_loss" not in record["metrics"]
+    assert "loss" in record["metrics"]  # the batch's logs
+    assert "val_loss" in _record(tmp_path / "run", 3)["metrics"]  # evaluated at its save point
 
 
 def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
