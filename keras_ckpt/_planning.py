@@ -170,8 +170,11 @@ class SavePlanner:
         return info, [i for i in kept if i.step in protected], doomed
 
     def protected(self, kept: list[CheckpointInfo], pinned: int | None) -> set[int]:
-        """The steps of `kept` that stay: what a keep policy protects, and the `pinned` step
-        (a preemption save) while it is the newest, so that a relaunch resumes from it."""
+        """The steps of `kept` that stay.
+
+        What a keep policy protects, and `pinned` (a preemption save) while it is the newest
+        of `kept`: the relaunch resumes from it, so no rotation drops it before a newer one.
+        """
         protected = self._policy.protected(kept, self.start)
         if kept and kept[-1].step == pinned:
             protected.add(pinned)
