@@ -16,6 +16,7 @@ seconds) but runs no TensorFlow op, then serves commands from stdin, one per lin
   the optimizer's count, ``stop_training``, ``handler_restored``, ``returned_at``: when
   `fit` returned, by `time.time()`) and saves its final
   weights to ``DIR.final.npz``; it exits 0 only if `fit` returned.
+  The zygote answers ``pid PID`` at once.
 - ``wait PID``: reaps that trainer; answers ``exit PID CODE``.
 - ``quit``.
 """
@@ -133,7 +134,9 @@ def main() -> None:
         command, _, rest = line.strip().partition(" ")
         if command == "run":
             pid = os.fork()
-            if pid == 0:
+            if pid:
+                say(f"pid {pid}")
+            else:
                 code = 0
                 try:
                     train(json.loads(rest))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import queue
@@ -423,3 +424,46 @@ def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path):
         print("SIGTERM to fit returned, s:", [round(t, 3) for t in _LATENCIES])
     finally:
         zygote.close()
+
+
+_HAS_RESUME = "resume" in inspect.signature(RotatingCheckpoint).parameters
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _HAS_RESUME, reason="needs RotatingCheckpoint(resume=True)")
+@pytest.mark.parametrize("async_save", [False, True])
+def test_relaunch_after_sigterm_ends_like_the_uninterrupted_run(tmp_path, async_save):
+    """The same command starts the run, is stopped by SIGTERM, and continues it exactly."""
+    rng = random.Random(os.environ.get("PREEMPT_SEED"))
+    zygote = _Zygote()
+    try:
+        reference = tmp_path / "reference"
+        zygote.send("run " + json.dumps({"dir": str(reference), "batch_seconds": 0}))
+        pid = int(zygote.expect("pid"))
+        assert json.loads(zygote.expect("done"))["iterations"] == 36
+        zygote.send(f"wait {pid}")
+        assert zygote.expect(f"exit {pid}") == "0"
+
+        run = tmp_path / "run"
+        command = "run " + json.dumps(
+            {"dir": str(run), "resume": True, "async": async_save, "batch_seconds": 0.03}
+        )
+        zygote.send(command)
+        pid = int(zygote.expect("pid"))
+        target = rng.choice([s for s in range(2, 36) if s % 5])  # between save points
+        zygote.expect(f"step {target}")
+        os.kill(pid, signal.SIGTERM)
+        stopped = _check_preempted_run(run, zygote, pid, time.time())
+
+        zygote.send(command)  # the relaunch: the same command
+        pid = int(zygote.expect("pid"))
+        assert json.loads(zygote.expect("done"))["iterations"] == 36
+        zygote.send(f"wait {pid}")
+        assert zygote.expect(f"exit {pid}") == "0"
+    finally:
+        zygote.close()
+    final = np.load(str(run) + ".final.npz")
+    expected = np.load(str(reference) + ".final.npz")
+    for name in expected.files:
+        np.testing.assert_allclose(final[name], expected[name], rtol=0, atol=1e-6)
+    assert _steps(run)[-1] == 36 and stopped < 36
