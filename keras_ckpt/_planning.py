@@ -68,6 +68,7 @@ class SavePlanner:
         self.newest_step = -1
         self.start = time.time()  # when the directory was first managed (KeepEveryNHours)
         self.offset: int | None = None  # added to the optimizer's step once a run renumbers
+        self.pinned: int | None = None  # a preemption save: kept while it is the newest
         self._counter = 0  # steps of a model without an optimizer
         self._warned_diverged = False
 
@@ -134,10 +135,12 @@ class SavePlanner:
         values: dict[str, float],
         epoch: int | None,
         finite: bool | None = None,
+        force: bool = False,
     ) -> Plan | None:
         """The new checkpoint, what stays and what goes; None if no keep policy wants it.
 
         `finite`: whether the weights are finite, if already known (else read when needed).
+        `force`: a preemption save, written and pinned whatever the keep policies say.
         """
         if step <= self.newest_step:
             if step != self.newest_step or not self.kept:
@@ -155,16 +158,27 @@ class SavePlanner:
             metrics=values,
             saved_at=time.time(),
         )
-        if not self._policy.wants(info, self.kept, self.start):
+        if not force and not self._policy.wants(info, self.kept, self.start):
             return None
         kept = [*self.kept, info]
-        protected = self._policy.protected(kept, self.start)
+        protected = self.protected(kept, pinned=info.step if force else self.pinned)
         if info.step not in protected:
             return None
         if self._diverged(info, finite):
             return None
         doomed = [i for i in kept if i.step not in protected]
         return info, [i for i in kept if i.step in protected], doomed
+
+    def protected(self, kept: list[CheckpointInfo], pinned: int | None) -> set[int]:
+        """The steps of `kept` that stay.
+
+        What a keep policy protects, and `pinned` (a preemption save) while it is the newest
+        of `kept`: the relaunch resumes from it, so no rotation drops it before a newer one.
+        """
+        protected = self._policy.protected(kept, self.start)
+        if kept and kept[-1].step == pinned:
+            protected.add(pinned)
+        return protected
 
     def replan(self, step: int, values: dict[str, float], epoch: int | None) -> Plan | None:
         """A new state for the newest kept checkpoint, under its step; None if `step` is not it.
@@ -184,6 +198,7 @@ class SavePlanner:
         step: int,
         values: dict[str, float],
         epoch: int | None,
+        force: bool = False,
     ) -> Plan | None:
         """Multi-worker: the chief plans, every worker adopts its decision and step.
 
@@ -193,7 +208,7 @@ class SavePlanner:
         list mirrors the chief's saves in memory; the chief's files are the truth.
         """
         finite = weights_finite(self.model) if self._judges_weights() else None  # all read
-        plan = self.plan(step, values, epoch, finite) if is_chief else None
+        plan = self.plan(step, values, epoch, finite, force) if is_chief else None
         mine = [1, plan[0].step] if plan is not None else [0, 0]
         wanted, chief_step = _dist.from_chief(strategy, mine, is_chief)
         if is_chief:

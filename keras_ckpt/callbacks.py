@@ -113,7 +113,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             missing directory starts from scratch. At most one callback of a `fit` may
             resume. `verbose=1` prints `resumed runs/last/ckpt-1500: epoch 3, batch 12`
             (Keras' epoch number, and how many of its batches were trained already).
-        save_on_preemption: On SIGTERM, save the current step and stop `fit` cleanly.
+        save_on_preemption: On SIGTERM (Kubernetes, Slurm, spot VMs), finish the batch,
+            save that step synchronously (no validation, whatever the keep policies say; kept
+            until a newer checkpoint exists), stop `fit`, and restore the previous SIGTERM
+            handler when training ends. False: no handler is installed.
         save_graph: At the first save, also write the model's computation once as a
             SavedModel in `<directory>/graph/`, so that `load_model`, `evaluate_checkpoints`
             and `export_saved_model` work without the model's code (subclassed models).
@@ -190,6 +193,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 save_optimizer=self.save_optimizer,
                 async_save=self.async_save,
                 verbose=self.verbose,
+                save_on_preemption=self.save_on_preemption,
                 save_graph=self.save_graph,
             )
         token = _fit_frame_token()
@@ -229,14 +233,20 @@ class CheckpointCallback(keras.callbacks.Callback):
             self.manager._prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False, batch=batch)
+        if self.manager.preempted:  # SIGTERM: save this step (if not just saved), then stop
+            self._save_point(logs, epoch_end=False, batch=batch)
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         if self._resumption is not None:
             self._resumption.epoch_ends()
         self._last_logs = dict(logs or {})
-        if self.save_policy.at_epoch(time.monotonic() - self._last_time):
+        preempted = self.manager.preempted  # (SIGTERM during the validation: save, stop now)
+        if self.save_policy.at_epoch(time.monotonic() - self._last_time) or preempted:
             self._save_point(logs, epoch_end=True)
+        if preempted:
+            self.model.stop_training = True
         self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
     def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
@@ -245,7 +255,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.manager is None:
             return
         try:
-            if self.save_on_train_end:
+            if self.save_on_train_end or self.manager.preempted:
                 metrics = {**self._last_logs, **(logs or {})}
                 self.manager._label = self._epoch_label(running=self._epochs_done)
                 position = Position(self._epochs_done, 0, self._batches)
@@ -273,11 +283,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches = 0
         self._last_time = time.monotonic()
         metrics = dict(logs or {})
+        preempted = self.manager.preempted  # no time to evaluate; any metrics will do
         if self.validation_data is not None and not (
-            epoch_end and any(k.startswith("val_") for k in metrics)
+            preempted or (epoch_end and any(k.startswith("val_") for k in metrics))
         ):
             metrics.update(self._evaluate())
-        self._check_monitors(metrics, epoch_end)
+        if not preempted:
+            self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
         position = self._position(batch)

@@ -9,6 +9,7 @@ import shutil
 import tempfile
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ from keras_ckpt import _dist, _fs, _graph, _messages
 from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
+from keras_ckpt._preemption import PreemptionWatch
 from keras_ckpt._snapshot import Snapshotter
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
@@ -56,6 +58,9 @@ class CheckpointManager:
             `wait` or `close`.
         verbose: 1 prints one line per save and deletion (`Step 500: saved
             runs/loop/ckpt-500 (loss=0.0123)`), once it is done.
+        save_on_preemption: If True, a SIGTERM handler (main thread only; `close` puts the
+            previous one back) sets `preempted`; the loop then saves and stops (see `save`).
+            False: no handler is installed.
         save_graph: If True, the first save also writes the model's computation as a
             SavedModel in `<directory>/graph/` (once per directory, atomically; never
             rewritten), so that the checkpoints can be loaded, evaluated and exported without
@@ -68,11 +73,14 @@ class CheckpointManager:
     only to a local temporary directory that is removed at once (`is_chief` says which).
 
     Example:
-        >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)]) as mgr:
+        >>> with CheckpointManager("runs/loop", model, keep=[KeepLast(3)],
+        ...                        save_on_preemption=True) as mgr:
         ...     for step in range(1, 101):
         ...         loss = train_step(next(batches))
-        ...         if step % 10 == 0:
+        ...         if step % 10 == 0 or mgr.preempted:
         ...             mgr.save(metrics={"loss": float(loss)})
+        ...         if mgr.preempted:  # SIGTERM: this step is saved; stop in the grace period
+        ...             break
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class CheckpointManager:
         save_optimizer: bool = True,
         async_save: bool = False,
         verbose: int = 0,
+        save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
         self.verbose = _check_verbose(verbose)
@@ -107,10 +116,15 @@ class CheckpointManager:
         self.is_chief = _dist.is_chief(self._strategy)
         self._saved_since_log: list[int] = []
         self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
+        self.save_on_preemption = bool(save_on_preemption)
+        owner = weakref.ref(self)  # the process-wide handler must not keep the model alive
+        self._preemption = PreemptionWatch(lambda: (m := owner()) is not None and m._lock_active())
         if self.is_chief:
             _fs.makedirs(self.directory, durable=True)
             self._lock.acquire()
             self._reload(cleanup=True)
+        if self.save_on_preemption:
+            self._preemption.start()
 
     # -- state ----------------------------------------------------------------------------------
 
@@ -131,6 +145,8 @@ class CheckpointManager:
             planner.start = found.start
         elif found.kept:
             planner.start = min(planner.start, found.kept[0].saved_at)
+        newest = found.kept[-1].step if found.kept else None
+        planner.pinned = newest if found.records.get(newest, {}).get("preempted") else None
         if cleanup:
             self._dir.sync_state(planner.kept, planner.start)
 
@@ -144,6 +160,11 @@ class CheckpointManager:
         """The newest kept checkpoint, or None."""
         kept = self._planner.kept
         return kept[-1] if kept else None
+
+    @property
+    def preempted(self) -> bool:
+        """True once SIGTERM arrived (with `save_on_preemption=True`): save, then stop."""
+        return self._preemption.preempted
 
     @property
     def policies(self) -> tuple[KeepPolicy, ...]:
@@ -178,6 +199,10 @@ class CheckpointManager:
                 removed only once the new one's files are complete, just before they are
                 renamed in.
 
+        After SIGTERM (`preempted`) a save is made whatever the keep policies say, on this
+        thread (after the write in flight), and kept until a newer checkpoint exists (a
+        relaunch resumes from it); if `step` is saved already, that checkpoint is returned.
+
         Returns:
             The new `CheckpointInfo`, or None when no keep policy wants it (nothing written).
 
@@ -190,19 +215,25 @@ class CheckpointManager:
         self._raise_background_error()
         values = clean_metrics(metrics)
         planner = self._planner
-        planner.check_monitors(values)
+        forced = self._preemption.preempted  # the monitored metric may not be logged now
+        if not forced:
+            planner.check_monitors(values)
         if step is None:
             step = planner.auto_step()
         elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
             raise ValueError(f"`step` must be a non-negative integer. Received: step={step!r}")
+        if forced and planner.kept and planner.kept[-1].step == step:
+            return self._saved_already(planner.kept[-1])
         if self._strategy is None:
-            plan = planner.plan(step, values, epoch)
+            plan = planner.plan(step, values, epoch, force=forced)
             replaced = None
             if plan is None and replace:
                 plan = planner.replan(step, values, epoch)
                 replaced = plan[2] if plan is not None else None
         else:
-            plan = planner.follow_chief(self._strategy, self.is_chief, step, values, epoch)
+            plan = planner.follow_chief(
+                self._strategy, self.is_chief, step, values, epoch, force=forced
+            )
             replaced = None
         if plan is None:
             return None
@@ -210,23 +241,29 @@ class CheckpointManager:
         if replaced:
             doomed = []
         planner.newest_step = info.step
+        planner.pinned = info.step if forced else None
         if not self.is_chief:
             planner.kept = kept
             self._write_elsewhere()
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
         self._raise_background_error()
-        snapshot = self._snapshots.take(copy=self.async_save)
+        background = self.async_save and not forced  # a preemption save is done on return
+        snapshot = self._snapshots.take(copy=background)
         try:
             extra = {**(extra or {}), **self._record_extra()}
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
+        if forced:
+            extra["preempted"] = True  # a relaunch's planner keeps it while it is the newest
         lines = []
         if self.verbose:
             label = self._label or f"Step {info.step}"
             lines.append(
-                _messages.saved_line(
-                    label, info, planner.policies, planner.kept, planner.start, self.async_save
+                f"{label}: saved {info.path} on preemption (SIGTERM)"
+                if forced
+                else _messages.saved_line(
+                    label, info, planner.policies, planner.kept, planner.start, background
                 )
             )
             lines += [_messages.deleted_line(label, gone, planner.policies) for gone in doomed]
@@ -240,7 +277,7 @@ class CheckpointManager:
                     info,
                     snapshot.write,
                     extra,
-                    flush_early=not self.async_save,
+                    flush_early=not background,
                     before_publish=self._unpublisher(replaced, kept, start),
                 )
                 try:
@@ -261,7 +298,7 @@ class CheckpointManager:
             for line in lines:  # printed once true: after the commit and the deletions
                 say(line)
 
-        if self.async_save:
+        if background:
             self._writer.submit(job)
         else:
             try:
@@ -269,6 +306,15 @@ class CheckpointManager:
             except BaseException:
                 self._reload()
                 raise
+        return info
+
+    def _saved_already(self, info: CheckpointInfo) -> CheckpointInfo:
+        """A preemption save of a step saved already: waits for its write, keeps it."""
+        self.wait()
+        if self.verbose and self._planner.pinned != info.step:  # else said when it was saved
+            label = self._label or f"Step {info.step}"
+            say(f"{label}: preempted (SIGTERM); {info.path} holds this step already")
+        self._planner.pinned = info.step
         return info
 
     def _unpublisher(
@@ -393,6 +439,7 @@ class CheckpointManager:
             self._snapshots.release()  # the host buffers of asynchronous saves
             self._closed = True
             self._lock.release()
+            self._preemption.stop()  # the previous SIGTERM handler is back
 
     def _lock_active(self) -> bool:
         if self._closed:
@@ -412,3 +459,6 @@ class CheckpointManager:
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.release()
+        watch = getattr(self, "_preemption", None)
+        if watch is not None:
+            watch.stop()
