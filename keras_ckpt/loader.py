@@ -81,6 +81,10 @@ def restore(
 ) -> CheckpointInfo:
     """Loads a checkpoint into `model`, and into its optimizer if compiled.
 
+    Adapted lookup vocabularies (`StringLookup`, `IntegerLookup`, `TextVectorization`),
+    which are not variables, are kept once in the directory's `assets/` and loaded too; a
+    lookup layer that was never adapted, with no vocabulary kept for it, is an error.
+
     Args:
         model: A built model with the saved architecture.
         checkpoint: A prefix (`"runs/best/ckpt-1200"`) or a directory (its latest).

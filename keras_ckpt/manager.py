@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs, _messages
+from keras_ckpt import _assets, _dist, _fs, _messages
 from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
@@ -268,6 +268,7 @@ class CheckpointManager:
                 logger.info("model.json not written for %s: %s", self.directory, exc)
             if text is not None:
                 self._dir.write_model_json(text)  # a write error fails this save
+            _assets.write_once(self.directory, self.model)  # lookup vocabularies, as model.json
             self._model_json_written = True
         return extra
 
