@@ -47,6 +47,32 @@ def model_json_path(directory: str) -> str:
     return _fs.join(directory, MODEL_JSON)
 
 
+def model_json_text(model: Any) -> str:
+    """`model.to_json()`, with the optimizer the model really trains with.
+
+    Under the `mixed_float16` policy, `compile` wraps the optimizer it is given in a
+    `LossScaleOptimizer`, but the compile config records the optimizer as given (a plain
+    `Adam`). A process whose policy is the default would rebuild that plain optimizer, which
+    the checkpoint's loss-scaled state does not fit; so the wrapper is recorded instead (its
+    inner optimizer, initial scale and growth steps), and comes back in any process.
+
+    Raises:
+        Whatever `model.to_json()` raises (a subclassed model without `get_config`).
+    """
+    text = model.to_json()
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return text
+    config = json.loads(text)
+    recorded = (config.get("compile_config") or {}).get("optimizer")
+    if recorded is None or (
+        isinstance(recorded, dict) and recorded.get("class_name") == "LossScaleOptimizer"
+    ):
+        return text
+    config["compile_config"]["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+    return json.dumps(config)
+
+
 def read_config(directory: str) -> dict[str, Any]:
     """The parsed `model.json` of `directory`.
 
