@@ -209,3 +209,25 @@ def test_vocabulary_on_a_remote_file_system(tmp_path):
         warnings.simplefilter("error")
         loaded = load_model(directory)
     np.testing.assert_array_equal(_predict(loaded, x), _predict(model, x))
+
+
+def test_assets_written_once_and_replaced_by_a_run_with_another_vocabulary(tmp_path):
+    directory = str(tmp_path / "run")
+    x, y = _string_data()
+    _train(directory, _string_model, (x, y), epochs=1)
+    index = os.path.join(directory, "assets", "index.json")
+    first = os.stat(index).st_mtime_ns
+
+    # new runs, not resumed: each saves only past the directory's newest step (4, then 8)
+    again = _string_model(x)  # the same vocabulary: nothing rewritten
+    again.fit(_dataset(x, y), epochs=2, callbacks=[RotatingCheckpoint(directory)], verbose=0)
+    assert os.path.exists(os.path.join(directory, "ckpt-8.index"))
+    assert os.stat(index).st_mtime_ns == first
+
+    other = _string_model(WORDS[::-1])  # adapted anew: its vocabulary replaces the kept one
+    other.fit(_dataset(x, y), epochs=3, callbacks=[RotatingCheckpoint(directory)], verbose=0)
+    assert os.path.exists(os.path.join(directory, "ckpt-12.index"))
+    with open(os.path.join(directory, "assets", "lookup", "vocabulary.txt")) as f:
+        kept = f.read().splitlines()
+    assert kept == [str(w) for w in other.get_layer("lookup").get_vocabulary()]
+    np.testing.assert_array_equal(_predict(load_model(directory), x), _predict(other, x))
