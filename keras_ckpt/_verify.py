@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 
-from keras_ckpt import _fs
+from keras_ckpt import _assets, _fs
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError
@@ -125,4 +125,9 @@ def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
             json.loads(_fs.read_text(model_json))
         except (ValueError, UnicodeDecodeError) as exc:
             lines.append(f"{model_json}: not valid JSON ({exc})")
+    try:
+        _assets.read(directory)  # lookup vocabularies: the files its index names, whole
+    except CheckpointCorruptError as exc:
+        why = exc.__cause__ or exc  # the file and what is wrong with it
+        lines.append(f"{_fs.join(directory, _assets.ASSETS)}: lookup vocabularies damaged ({why})")
     return lines

@@ -20,12 +20,14 @@ import pytest
 import tensorflow as tf
 
 from keras_ckpt import (
+    CheckpointCorruptError,
     CheckpointMismatchError,
     RotatingCheckpoint,
     evaluate_checkpoints,
     load_model,
     restore,
     resume,
+    verify,
 )
 
 WORDS = np.array(["red", "green", "blue", "cyan", "pink", "gold", "grey", "teal"])
@@ -231,3 +233,17 @@ def test_assets_written_once_and_replaced_by_a_run_with_another_vocabulary(tmp_p
         kept = f.read().splitlines()
     assert kept == [str(w) for w in other.get_layer("lookup").get_vocabulary()]
     np.testing.assert_array_equal(_predict(load_model(directory), x), _predict(other, x))
+
+
+def test_verify_names_a_damaged_vocabulary_and_restore_refuses_it(tmp_path):
+    directory = str(tmp_path / "run")
+    _train(directory, _string_model, _string_data(), epochs=1)
+    assert verify(directory) == []
+    with open(os.path.join(directory, "assets", "lookup", "vocabulary.txt"), "a") as f:
+        f.write("\nextra")
+
+    (line,) = verify(directory)
+    assert line.startswith(os.path.join(directory, "assets") + ": ")
+    assert "lookup/vocabulary.txt" in line
+    with pytest.raises(CheckpointCorruptError, match="lookup vocabularies"):
+        restore(_string_model(None), directory)
