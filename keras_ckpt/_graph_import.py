@@ -123,12 +123,9 @@ def load_directory(directory: str, cause: Exception) -> keras.Model:
     """
     target = graph_dir(directory)
     if not _fs.isdir(target):
-        message = (
+        message = (  # `cause` already says what works (model.json's refusals do)
             f"{cause} There is no {target} either (written by training with "
-            "save_graph=True), so the model cannot be loaded without its code. Pass the "
-            "classes in `custom_objects=` (if you trust them) so model.json can be rebuilt, "
-            "or train with save_graph=True, or build the model in code and use "
-            "restore(model, checkpoint)."
+            "save_graph=True)."
         )
         try:
             error = type(cause)(message)

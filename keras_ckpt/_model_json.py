@@ -19,6 +19,7 @@ dropped with a warning (the model comes back uncompiled); the architecture never
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from typing import Any
 
@@ -45,6 +46,32 @@ _CONTAINERS = {"__slice__"}  # plain data whose config holds more objects
 
 def model_json_path(directory: str) -> str:
     return _fs.join(directory, MODEL_JSON)
+
+
+def model_json_text(model: Any) -> str:
+    """`model.to_json()`, with the optimizer the model really trains with.
+
+    Under the `mixed_float16` policy, `compile` wraps the optimizer it is given in a
+    `LossScaleOptimizer`, but the compile config records the optimizer as given (a plain
+    `Adam`). A process whose policy is the default would rebuild that plain optimizer, which
+    the checkpoint's loss-scaled state does not fit; so the wrapper is recorded instead (its
+    inner optimizer, initial scale and growth steps), and comes back in any process.
+
+    Raises:
+        Whatever `model.to_json()` raises (a subclassed model without `get_config`).
+    """
+    text = model.to_json()
+    optimizer = getattr(model, "optimizer", None)
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return text
+    config = json.loads(text)
+    recorded = (config.get("compile_config") or {}).get("optimizer")
+    if recorded is None or (
+        isinstance(recorded, dict) and recorded.get("class_name") == "LossScaleOptimizer"
+    ):
+        return text
+    config["compile_config"]["optimizer"] = keras.saving.serialize_keras_object(optimizer)
+    return json.dumps(config)
 
 
 def read_config(directory: str) -> dict[str, Any]:
@@ -90,9 +117,13 @@ def _keras_builtin_function(name: str) -> bool:
 
 
 class _Refused(Exception):
-    def __init__(self, what: str, where: str) -> None:
+    """`supply`: the name to pass in `custom_objects`, when supplying it can help at all."""
+
+    def __init__(
+        self, what: str, where: str, supply: str | None = None, subclassed: bool = False
+    ) -> None:
         super().__init__(what)
-        self.what, self.where = what, where
+        self.what, self.where, self.supply, self.subclassed = what, where, supply, subclassed
 
 
 def _where(trail: list[str]) -> str:
@@ -133,11 +164,20 @@ def _check(node: Any, custom: dict[str, Any], trail: list[str]) -> None:
             return
         if _keras_module(module):
             return
-        raise _Refused(f"an unknown function {inner!r} (module {module!r})", _where(trail))
+        raise _Refused(
+            f"an unknown function {inner!r} (module {module!r})",
+            _where(trail),
+            supply=inner if isinstance(inner, str) else None,
+        )
     label = node.get("spec_name", cls)
     user_supplied = _known(registered, custom) or _known(cls, custom)
     if not user_supplied and not _keras_module(module):
-        raise _Refused(f"an unknown class {label!r} (module {module!r})", _where(here))
+        raise _Refused(
+            f"an unknown class {label!r}" + (f" (module {module!r})" if module else ""),
+            _where(here),
+            supply=str(label),
+            subclassed=not trail,  # the model itself: a subclassed keras.Model
+        )
     if cls == "Lambda" and not user_supplied and isinstance(inner, dict):
         function = inner.get("function")
         kind = function.get("class_name") if isinstance(function, dict) else None
@@ -150,16 +190,45 @@ def _check(node: Any, custom: dict[str, Any], trail: list[str]) -> None:
             _check(value, custom, here)
 
 
+_ROUTES = (
+    "build the model in code and call keras_ckpt.restore(model, checkpoint) (or pass it "
+    "as `model=` to export_saved_model / evaluate_checkpoints); or train with "
+    "`save_graph=True`, so that the directory keeps the model's graph in graph/ and "
+    "load_model loads it from there with no code"
+)
+
+
+def _hint(refused: _Refused) -> str:
+    """What the user can do about `refused`: only what would work."""
+    if refused.subclassed:
+        return (
+            f"{refused.supply} is a subclassed model: model.json names its class but cannot "
+            f"hold its code. What works: {_ROUTES}. Passing the class in `custom_objects=` "
+            "works only if it rebuilds itself from its config (get_config/from_config); "
+            "otherwise Keras fails to deserialize it."
+        )
+    if refused.supply is None:  # bytecode or an unknown special object: nothing to supply
+        return (
+            f"No `custom_objects=` can stand in for it. What works: {_ROUTES}. For new runs, "
+            "use a named function or a custom layer registered with "
+            "@keras.saving.register_keras_serializable() instead of a lambda."
+        )
+    name = refused.supply
+    return (
+        f"If the code of {name!r} is at hand and you trust it, pass it: "
+        f"`custom_objects={{{name!r}: {name}}}` (or register it with "
+        f"@keras.saving.register_keras_serializable()). Without its code: {_ROUTES}."
+    )
+
+
 def refusal(config: Any, custom_objects: dict[str, Any] | None, path: str) -> str | None:
-    """Why `config` (from `path`) cannot be loaded safely, or None if it can."""
+    """Why `config` (from `path`) cannot be loaded safely, and what works; None if it can."""
     try:
         _check(config, dict(custom_objects or {}), [])
     except _Refused as refused:
         return (
-            f"{path} cannot be loaded safely: it holds {refused.what} (at {refused.where}). "
-            "keras_ckpt runs no code from a checkpoint directory. If you trust it, pass the "
-            "class or function in `custom_objects=`; otherwise build the model in code and "
-            "use restore(model, checkpoint)."
+            f"{path} cannot be loaded safely: it holds {refused.what} (at {refused.where}), "
+            f"and keras_ckpt runs no code from a checkpoint directory. {_hint(refused)}"
         )
     return None
 
@@ -198,9 +267,14 @@ def build_model(
             config, custom_objects=custom_objects, safe_mode=True
         )
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        user_model = config.get("module") is None or not _keras_module(config.get("module"))
+        hint = (
+            "" if user_model else "If it uses custom layers, pass them in `custom_objects=`. "
+        )
+        reason = re.sub(r"\s*config=\{.*\}\.\s*", " ", str(exc), flags=re.S).strip()
         raise ValueError(
-            f"{path} could not be rebuilt by Keras: {exc}. If it uses custom layers, pass "
-            "them in `custom_objects=`."
+            f"{path} could not be rebuilt by Keras: {reason.rstrip('.')}. {hint}What works: "
+            f"{_ROUTES}."
         ) from exc
     if not isinstance(model, keras.Model):
         raise ValueError(f"{path} describes a {type(model).__name__}, not a keras.Model.")

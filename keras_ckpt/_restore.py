@@ -15,7 +15,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _dist, _graph
+from keras_ckpt import _assets, _dist, _fs, _graph
 from keras_ckpt._reader import CheckpointReader
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
 from keras_ckpt.errors import CheckpointMismatchError
@@ -178,6 +178,9 @@ def restore_into(
             + "\nRebuild the model as it was saved, or pass strict=False to restore only the "
             "variables whose path and shape match."
         )
+    # lookup vocabularies kept beside the checkpoints (raises before any change, if strict)
+    directory = _fs.dirname(prefix)
+    vocabularies = _assets.plan(model, directory, strict=strict, stacklevel=stacklevel + 1)
     if problems:
         warnings.warn(
             f"restore(strict=False) from {prefix} skipped: " + "; ".join(problems),
@@ -194,5 +197,6 @@ def restore_into(
     values = reader.read([key for _, key in pairs])
     for (variable, _), value in zip(pairs, values, strict=True):
         variable.assign(value)
+    _assets.load(model, vocabularies)
     put_back(model, untracked)
     return bool(opt_pairs)

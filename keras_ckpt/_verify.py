@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 
-from keras_ckpt import _fs, _graph
+from keras_ckpt import _assets, _fs, _graph
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError
@@ -128,4 +128,9 @@ def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
             lines.append(f"{model_json}: not valid JSON ({exc})")
     if _fs.isdir(_graph.graph_dir(directory)):
         lines += _graph.problems(_graph.graph_dir(directory))
+    try:
+        _assets.read(directory)  # lookup vocabularies: the files its index names, whole
+    except CheckpointCorruptError as exc:
+        why = exc.__cause__ or exc  # the file and what is wrong with it
+        lines.append(f"{_fs.join(directory, _assets.ASSETS)}: lookup vocabularies damaged ({why})")
     return lines

@@ -90,6 +90,10 @@ def restore(
 ) -> CheckpointInfo:
     """Loads a checkpoint into `model`, and into its optimizer if compiled.
 
+    Adapted lookup vocabularies (`StringLookup`, `IntegerLookup`, `TextVectorization`),
+    which are not variables, are kept once in the directory's `assets/` and loaded too; a
+    lookup layer that was never adapted, with no vocabulary kept for it, is an error.
+
     Args:
         model: A built model with the saved architecture, or a SavedModel imported by
             `load_saved_model` (of an `export_saved_model` directory) or by `load_model`
@@ -447,9 +451,9 @@ def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:
     """Reads checkpoints end to end and lists every problem, one line per damaged file.
 
     For a checkpoint prefix, that checkpoint; for a directory, every checkpoint in it (kept
-    or already known damaged), its `checkpoint` state file and `model.json`. Every tensor is
-    read back, so TensorFlow's per-tensor checksums find altered bytes as well as truncated
-    files. Each line reads `<file>: <what is wrong>`. Nothing is written. Leftovers of an
+    or already known damaged), its `checkpoint` state file, `model.json` and `assets/`.
+    Every tensor is read back, so TensorFlow's per-tensor checksums find altered bytes as
+    well as truncated files. Each line reads `<file>: <what is wrong>`. Nothing is written. Leftovers of an
     interrupted save are not reported (they were never kept; the next run removes them).
 
     Args:

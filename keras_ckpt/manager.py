@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs, _graph, _messages
+from keras_ckpt import _assets, _dist, _fs, _graph, _messages, _model_json
 from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
@@ -351,12 +351,13 @@ class CheckpointManager:
         if not self._model_json_written:
             text = None
             to_json = getattr(self.model, "to_json", None)
-            try:
-                text = to_json() if to_json is not None else None
+            try:  # model.to_json(), recording a mixed-precision LossScaleOptimizer too
+                text = _model_json.model_json_text(self.model) if to_json is not None else None
             except Exception as exc:  # subclassed models without get_config
                 logger.info("model.json not written for %s: %s", self.directory, exc)
             if text is not None:
                 self._dir.write_model_json(text)  # a write error fails this save
+            _assets.write_once(self.directory, self.model)  # lookup vocabularies, as model.json
             self._model_json_written = True
         if self.save_graph and not self._graph_written:
             _graph.write_graph(self.directory, self.model)  # kept if graph/ already exists
