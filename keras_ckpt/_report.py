@@ -14,17 +14,9 @@ from keras_ckpt import _fs
 from keras_ckpt.directory import scan
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.loader import CheckpointReader, info_of, list_checkpoints
-from keras_ckpt.policies import KeepBest, resolve_mode
+from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 _VALUE = "VARIABLE_VALUE"
-
-
-def default_monitor(kept: Sequence[CheckpointInfo]) -> str | None:
-    """`val_loss` if the checkpoints recorded it, else `loss`, else None."""
-    for name in ("val_loss", "loss"):
-        if any(name in i.metrics for i in kept):
-            return name
-    return None
 
 
 def human_bytes(n: int) -> str:
@@ -91,7 +83,7 @@ def list_report(directory: str, monitor: str | None = None, mode: str = "auto") 
             f"{', '.join(metrics) or 'none'}"
         )
     monitor = monitor or default_monitor(kept)
-    best = KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
+    best = best_by(monitor, kept, mode)
     files = _fs.list_dir(directory)
     rows = [["step", "epoch", *metrics, "size", "saved", ""]]
     for info in kept:

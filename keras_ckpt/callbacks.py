@@ -23,8 +23,8 @@ import tensorflow as tf
 from keras_ckpt import _fs
 from keras_ckpt._io import say
 from keras_ckpt._messages import skipped_line
+from keras_ckpt._planning import check_monitors
 from keras_ckpt.directory import scan
-from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.manager import CheckpointManager, _check_verbose
 from keras_ckpt.policies import (
@@ -238,27 +238,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         return f"{newline}Epoch {running}"
 
     def _check_monitors(self, metrics: dict[str, Any], epoch_end: bool) -> None:
-        for policy in self.keep:
-            if not isinstance(policy, KeepBest) or policy.monitor in metrics:
-                continue
-            names = ", ".join(sorted(metrics)) or "none"
-            hint = ""
-            if policy.monitor.startswith("val_"):
-                if epoch_end:
-                    hint = (
-                        " Pass validation data to fit() (validation_data= or "
-                        "validation_split=), or validation_data= to this callback."
-                    )
-                else:
-                    hint = (
-                        " Keras computes val_* metrics only at epoch end: pass "
-                        "validation_data=(x_val, y_val) to this callback to evaluate at "
-                        "every save point."
-                    )
-            raise MonitorNotFoundError(
-                f"Monitored metric {policy.monitor!r} is not in the logs; available metrics: "
-                f"{names}.{hint}"
-            )
+        check_monitors(self.keep, metrics, epoch_end)
 
     def _evaluate(self) -> dict[str, float]:
         """Evaluates on `validation_data` without disturbing the epoch's training metrics."""

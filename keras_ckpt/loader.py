@@ -27,7 +27,7 @@ from keras_ckpt._restore import restore_into
 from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import KeepBest
+from keras_ckpt.policies import best_by
 
 __all__ = [
     "list_checkpoints",
@@ -72,7 +72,7 @@ def best_checkpoint(
 
     Ties go to the newer checkpoint; `mode="auto"` maximises accuracy-like names.
     """
-    best = KeepBest(monitor=monitor, mode=mode).best(list_checkpoints(directory))  # type: ignore[arg-type]
+    best = best_by(monitor, list_checkpoints(directory), mode)
     return best.path if best else None
 
 
