@@ -3,17 +3,15 @@
 `BestCheckpoint`, `RotatingCheckpoint` and `TimedCheckpoint` are presets: arguments in,
 policies out. Keras 3 does not call `on_train_end` when `fit` is interrupted by an exception
 or `KeyboardInterrupt`: a background write then finishes on its own, but no final save is
-made; call `cb.close()` to wait for it and release the directory (a new callback on the same
-directory takes over by itself once the interrupted `fit` is gone).
+made; call `cb.close()` to wait for it and release the directory (a later `fit` on the same thread,
+e.g. a notebook cell run again, takes the directory over by itself: see `_lock.Claim`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._lock import Claim, claiming
 from keras_ckpt._io import say
 from keras_ckpt._messages import skipped_line
 from keras_ckpt._planning import check_monitors
@@ -42,42 +41,6 @@ from keras_ckpt.policies import (
 )
 
 __all__ = ["CheckpointCallback", "BestCheckpoint", "RotatingCheckpoint", "TimedCheckpoint"]
-
-
-def _fit_frame_token() -> tuple[int, int, Any, Any]:
-    """Identifies the `fit` call running this callback.
-
-    (thread, frame id, code, weak reference to the per-fit `CallbackList`): a frame id can be
-    reused by a later `fit` once the first is gone, the dead CallbackList tells them apart.
-    """
-    caller = sys._getframe(2)
-    owner = caller.f_locals.get("self")
-    try:
-        marker = weakref.ref(owner) if owner is not None else None
-    except TypeError:
-        marker = None
-    frame = caller
-    probe = frame
-    for _ in range(12):
-        if probe is None:
-            break
-        if probe.f_code.co_name == "fit":
-            frame = probe
-            break
-        probe = probe.f_back
-    return threading.get_ident(), id(frame), frame.f_code, marker
-
-
-def _frame_alive(token: tuple[int, int, Any, Any]) -> bool:
-    thread_id, frame_id, code, marker = token
-    if marker is not None and marker() is None:
-        return False
-    frame = sys._current_frames().get(thread_id)
-    while frame is not None:
-        if id(frame) == frame_id and frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _check_validation_data(data: Any) -> None:
@@ -161,7 +124,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.manager is None or self.manager._closed:
+        if self.manager is not None:
+            self.manager.close()  # left open by a fit that died without on_train_end
+        # Keras gives every callback of one fit the same `params` dict: it names this fit.
+        claim = Claim(threading.get_ident(), self.params) if self.params else None
+        with claiming(claim):
             self.manager = CheckpointManager(
                 self.directory,
                 self.model,
@@ -170,9 +137,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 async_save=self.async_save,
                 verbose=self.verbose,
             )
-        token = _fit_frame_token()
-        self.manager._active_check = lambda: _frame_alive(token)
-        self.manager._prepare()  # if the optimizer is built already (a resumed run)
+        self.manager.prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
         self._last_time = time.monotonic()
         self._epochs_done = 0
@@ -184,7 +149,7 @@ class CheckpointCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._batches += 1
         if self._batches == 1:  # the optimizer is built by its first step, not before
-            self.manager._prepare()
+            self.manager.prepare()
         if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False)
 
@@ -201,7 +166,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         try:
             if self.save_on_train_end:
                 metrics = {**self._last_logs, **(logs or {})}
-                self.manager._label = self._epoch_label(running=self._epochs_done)
+                self.manager.label = self._epoch_label(running=self._epochs_done)
                 self.manager.save(metrics=metrics, epoch=self._epochs_done)
         finally:
             self.close()
@@ -224,11 +189,11 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._check_monitors(metrics, epoch_end)
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
-        self.manager._label = self._epoch_label(running)
+        self.manager.label = self._epoch_label(running)
         before = self.manager.checkpoints
         info = self.manager.save(metrics=metrics, epoch=self._epochs_done)
         if info is None and self.verbose > 1:
-            say(skipped_line(self.manager._label, metrics, self.keep, before))
+            say(skipped_line(self.manager.label, metrics, self.keep, before))
         return info
 
     def _epoch_label(self, running: int) -> str:

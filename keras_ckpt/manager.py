@@ -93,13 +93,12 @@ class CheckpointManager:
         self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
         self._untracked = UntrackedState(model)  # SeedGenerator states, for `resume`
         self._lock = DirectoryLock(self.directory, self)
-        self._active_check = None
         self._closed = False
         self._model_json_written = False
         self._strategy = _dist.multi_worker_strategy(model)
         self.is_chief = _dist.is_chief(self._strategy)
         self._saved_since_log: list[int] = []
-        self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
+        self.label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
         if self.is_chief:
             _fs.makedirs(self.directory, durable=True)
             self._lock.acquire()
@@ -199,7 +198,7 @@ class CheckpointManager:
             raise self._save_failed(info, exc) from exc
         lines = []
         if self.verbose:
-            label = self._label or f"Step {info.step}"
+            label = self.label or f"Step {info.step}"
             lines.append(
                 _messages.saved_line(
                     label, info, planner.policies, planner.kept, planner.start, self.async_save
@@ -314,8 +313,11 @@ class CheckpointManager:
             self._reload()
             raise
 
-    def _prepare(self) -> None:
-        """Maps the host buffers of asynchronous saves while training starts (callbacks)."""
+    def prepare(self) -> None:
+        """Maps the host buffers of asynchronous saves while training starts (callbacks).
+
+        Optional: the first asynchronous save does it otherwise.
+        """
         if not (self.async_save and self.is_chief) or self._closed:
             return
         optimizer = getattr(self.model, "optimizer", None) if self.save_optimizer else None
@@ -348,13 +350,10 @@ class CheckpointManager:
             self._closed = True
             self._lock.release()
 
-    def _lock_active(self) -> bool:
-        if self._closed:
-            return False
-        return self._active_check() if self._active_check is not None else True
-
-    def _release_lock(self) -> None:
-        self._lock.release()
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran: the directory is released and `save` raises."""
+        return self._closed
 
     def __enter__(self) -> CheckpointManager:
         return self
