@@ -98,7 +98,9 @@ class DirectoryLock:
                     raise DirectoryLockedError(
                         f"{self.directory} is already being written by another checkpoint "
                         f"callback or manager in this process ({holder.owner_name}). Give "
-                        "each callback its own directory, or call .close() on the other one."
+                        "each callback its own directory, or call .close() on the other one.",
+                        path=self.directory,
+                        reason=f"held by a {holder.owner_name} in this process",
                     )
                 holder.release()  # its fit is gone
             self._acquire_file()
@@ -124,7 +126,10 @@ class DirectoryLock:
                 raise DirectoryLockedError(
                     f"{self.directory} is locked by another process (see {path}). Two runs "
                     "must not write one checkpoint directory; wait for the other run to end "
-                    "or choose another directory."
+                    "or choose another directory.",
+                    path=self.directory,
+                    file=path,
+                    reason="held by another process",
                 ) from None
             os.ftruncate(fd, 0)
             os.write(fd, me.encode())
@@ -136,7 +141,10 @@ class DirectoryLock:
             if owner != me and host == socket.gethostname() and _pid_alive(pid):
                 raise DirectoryLockedError(
                     f"{self.directory} is locked by process {pid} on this host (see {path}); "
-                    "wait for it to end or choose another directory."
+                    "wait for it to end or choose another directory.",
+                    path=self.directory,
+                    file=path,
+                    reason=f"held by process {pid}",
                 )
             if owner != me and host != socket.gethostname():
                 logger.warning("Taking over %s, left by %s", path, owner)

@@ -7,17 +7,38 @@ Keras-style, e.g.::
     Epoch 4: val_loss (0.2011) did not improve from 0.1987, nothing saved   (verbose=2 only)
     Step 500: saved runs/loop/ckpt-500 (loss=0.0123)                      (custom loops)
 
-Pure functions of the policies and checkpoints; `_io.say` prints them.
+Pure functions of the policies and checkpoints; `say` prints them (the one place that
+prints, like Keras' `io_utils.print_msg`).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepPolicy, describe, monitors_of, ranking, resolve_mode
 
 _SHOWN_METRICS = 4  # a save line shows at most this many metrics
+
+logger = logging.getLogger("keras_ckpt")
+
+
+def say(message: str) -> None:
+    """Prints `message` to stdout when Keras logs interactively, else to the logger."""
+    import keras  # loaded already by whoever saves; not by `keras-ckpt list`
+
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+    else:
+        logger.info(message)
+
+
+def damaged_list(damaged: dict[str, str]) -> str:
+    """`ckpt-8: ckpt-8.index is missing; ckpt-9: ...`: the damaged checkpoints skipped."""
+    return "; ".join(f"{name}: {why}" for name, why in sorted(damaged.items()))
 
 
 def _number(value: float) -> str:

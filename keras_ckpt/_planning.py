@@ -59,11 +59,13 @@ def check_monitors(
                 raise MonitorNotFoundError(
                     f"{type(policy).__name__} monitors {monitor!r}, which is not among the "
                     f"metrics passed to save(): {names}. Pass it in `metrics=` or monitor one "
-                    "of them."
+                    "of them.",
+                    reason=f"{monitor!r} not in metrics",
                 )
             raise MonitorNotFoundError(
                 f"Monitored metric {monitor!r} is not in the logs; available metrics: "
-                f"{names}.{_hint(monitor, epoch_end)}"
+                f"{names}.{_hint(monitor, epoch_end)}",
+                reason=f"{monitor!r} not in logs",
             )
 
 

@@ -20,8 +20,7 @@ import tensorflow as tf
 
 from keras_ckpt import _fs
 from keras_ckpt._lock import Claim, claiming
-from keras_ckpt._io import say
-from keras_ckpt._messages import skipped_line
+from keras_ckpt._messages import say, skipped_line
 from keras_ckpt._planning import check_monitors
 from keras_ckpt.directory import scan
 from keras_ckpt.info import CheckpointInfo

@@ -22,6 +22,7 @@ import keras
 from keras_ckpt import _evaluate, _export, _fs, _listing, _model_json, _verify
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
+from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
 from keras_ckpt.directory import scan
@@ -147,7 +148,7 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
     if skipped:
         warnings.warn(
             f"resume: the newest checkpoint(s) in {path} are damaged and were skipped ("
-            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+            + damaged_list(skipped)
             + "). Falling back to the newest intact one.",
             stacklevel=2,
         )
@@ -370,7 +371,7 @@ def evaluate_checkpoints(
     if damaged:
         warnings.warn(
             f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
-            + "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())),
+            + damaged_list(damaged),
             stacklevel=2,
         )
     if not kept:

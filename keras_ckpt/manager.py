@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -13,13 +12,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt import _dist, _fs, _messages
-from keras_ckpt._io import say
+from keras_ckpt._messages import say
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._planning import SavePlanner
 from keras_ckpt._snapshot import Snapshotter
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
 from keras_ckpt.errors import CheckpointError
+from keras_ckpt.errors import short_reason as _describe
 from keras_ckpt.info import CheckpointInfo, clean_metrics
 from keras_ckpt.policies import KeepLast, KeepPolicy, as_policies
 from keras_ckpt.writer import AsyncWriter, SyncWriter, take_snapshot
@@ -33,12 +33,6 @@ def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     return verbose
-
-
-def _describe(exc: BaseException) -> str:
-    """The first line of an error, without TensorFlow's `{{function_node ...}}` noise."""
-    text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 class CheckpointManager:
