@@ -25,7 +25,6 @@ from keras_ckpt._listing import resolve as _resolve
 from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
-from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import best_by
@@ -362,39 +361,7 @@ def evaluate_checkpoints(
         >>> min(rows, key=lambda r: r["loss"])["path"]
         'runs/last/ckpt-1600'
     """
-    path = _fs.fspath(directory)
-    if not _fs.isdir(path):
-        raise CheckpointNotFoundError(f"No checkpoint directory at {path}.")
-    _evaluate.split_data(data, batch_size)  # bad arguments fail before any work
-    kept = list_checkpoints(path)
-    damaged = scan(path).damaged
-    if damaged:
-        warnings.warn(
-            f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
-            + damaged_list(damaged),
-            stacklevel=2,
-        )
-    if not kept:
-        return []
-    original = None if model is None else model.get_weights()
-    if model is None:
-        model = _model_json.build_model(path)
-    if not getattr(model, "compiled", False):
-        why = (
-            "the `model` passed is not compiled"
-            if original is not None
-            else f"{_model_json.model_json_path(path)} records no compile config (the model "
-            "was not compiled when first saved)"
-        )
-        raise ValueError(
-            f"evaluate_checkpoints needs a compiled model: {why}. Pass `model=` compiled "
-            "with the loss and metrics to report."
-        )
-    try:
-        return _evaluate.evaluate_each(model, kept, data, batch_size, verbose)
-    finally:
-        if original is not None:
-            model.set_weights(original)
+    return _evaluate.evaluate_directory(_fs.fspath(directory), data, model, batch_size, verbose)
 
 
 def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:
