@@ -8,14 +8,13 @@ it. Under `MultiWorkerMirroredStrategy` every worker adopts the chief's plan (`f
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _dist
+from keras_ckpt import _clock, _dist
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepAny, KeepPolicy, best_by, judges_weights, monitors_of, ranking
@@ -107,7 +106,7 @@ class SavePlanner:
         self._prefix = prefix
         self.kept: list[CheckpointInfo] = []
         self.newest_step = -1
-        self.start = time.time()  # when the directory was first managed (KeepEveryNHours)
+        self.start = _clock.wall()  # when the directory was first managed (KeepEveryNHours)
         self.offset: int | None = None  # added to the optimizer's step once a run renumbers
         self._counter = 0  # steps of a model without an optimizer
         self._warned_diverged = False
@@ -186,7 +185,7 @@ class SavePlanner:
             step=int(step),
             epoch=None if epoch is None else int(epoch),
             metrics=values,
-            saved_at=time.time(),
+            saved_at=_clock.wall(),
         )
         if not self._policy.wants(info, self.kept, self.start):
             return None
@@ -222,7 +221,7 @@ class SavePlanner:
             return plan
         if not wanted:
             return None
-        info = CheckpointInfo(self._prefix(chief_step), chief_step, epoch, values, time.time())
+        info = CheckpointInfo(self._prefix(chief_step), chief_step, epoch, values, _clock.wall())
         kept = [*(i for i in self.kept if i.step < chief_step), info]
         protected = self._policy.protected(kept, self.start) | {chief_step}
         return info, [i for i in kept if i.step in protected], []

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from keras_ckpt import _fs
+from keras_ckpt import _clock, _fs
 from keras_ckpt._lock import Claim, claiming
 from keras_ckpt._messages import say, skipped_line
 from keras_ckpt._planning import check_monitors
@@ -107,7 +106,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.verbose = _check_verbose(verbose)
         self.manager: CheckpointManager | None = None
         self._batches = 0
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         self._epochs_done = 0
         self._last_logs: dict[str, Any] = {}
 
@@ -138,7 +137,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             )
         self.manager.prepare()  # if the optimizer is built already (a resumed run)
         self._batches = 0
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         self._epochs_done = 0
         self._last_logs = {}
 
@@ -149,13 +148,13 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._batches += 1
         if self._batches == 1:  # the optimizer is built by its first step, not before
             self.manager.prepare()
-        if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
+        if self.save_policy.at_batch(self._batches, _clock.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._epochs_done = epoch + 1
         self._last_logs = dict(logs or {})
-        if self.save_policy.at_epoch(time.monotonic() - self._last_time):
+        if self.save_policy.at_epoch(_clock.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=True)
         self.manager.log_epoch(epoch + 1, logs)  # after the save: the line lists it
 
@@ -179,7 +178,7 @@ class CheckpointCallback(keras.callbacks.Callback):
 
     def _save_point(self, logs: dict[str, Any] | None, epoch_end: bool) -> CheckpointInfo | None:
         self._batches = 0
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         metrics = dict(logs or {})
         if self.validation_data is not None and not (
             epoch_end and any(k.startswith("val_") for k in metrics)

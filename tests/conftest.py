@@ -87,3 +87,28 @@ def trained_run(tmp_path_factory) -> TrainedRun:
     directory = tmp_path_factory.mktemp("trained") / "run"
     model, per_epoch, x, y = train(directory, epochs=3)
     return TrainedRun(directory, model, per_epoch, x, y)
+
+
+class FakeClock:
+    """A clock that moves only when told (`advance`): time-based policies without sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock():
+    """Installs a `FakeClock` as the library's clock for one test."""
+    from keras_ckpt import _clock
+
+    with _clock.use(FakeClock()) as clock:
+        yield clock
