@@ -16,7 +16,6 @@ import posixpath
 import threading
 import uuid
 from collections.abc import Iterator
-
 from types import ModuleType
 from typing import Any
 

@@ -230,7 +230,7 @@ class SavePlanner:
         return judges_weights(self.policies)
 
     def _diverged(self, info: CheckpointInfo, finite: bool | None = None) -> bool:
-        """True (and a warning) if a manager monitoring a metric is about to save non-finite weights.
+        """True (and a warning) if a metric-monitoring manager would save non-finite weights.
 
         A diverged model can score a finite, even better metric (a NaN classifier predicts
         one class for everything), so the metric alone cannot keep it out; nor should it

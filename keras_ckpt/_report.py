@@ -17,7 +17,6 @@ from keras_ckpt import _fs
 from keras_ckpt._listing import info_of
 from keras_ckpt._listing import kept as list_checkpoints
 from keras_ckpt.directory import scan
-from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 if TYPE_CHECKING:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt import _dist, _fs, _messages
-from keras_ckpt._messages import say
 from keras_ckpt._lock import DirectoryLock
+from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
 from keras_ckpt._snapshot import Snapshotter
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState

@@ -93,8 +93,9 @@ def test_a_fit_on_another_thread_cannot_take_over_a_dead_fit_of_this_thread(tmp_
 
     def other_thread() -> None:
         try:
-            tiny_model().fit(x, y, epochs=1, callbacks=[RotatingCheckpoint(tmp_path / "d")],
-                             verbose=0)
+            tiny_model().fit(
+                x, y, epochs=1, callbacks=[RotatingCheckpoint(tmp_path / "d")], verbose=0
+            )
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

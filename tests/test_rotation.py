@@ -142,7 +142,9 @@ def test_rotating_keep_every_n_hours_through_fit(tmp_path, fake_clock):
     cb = RotatingCheckpoint(
         tmp_path / "r", max_to_keep=1, save_freq=1, keep_every_n_hours=0.2 / 3600
     )
-    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.04, fake_clock), cb], verbose=0)
+    tiny_model().fit(
+        x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.04, fake_clock), cb], verbose=0
+    )
     kept = cb.checkpoints
     assert kept[-1].step == 16
     assert len(kept) >= 3  # the newest plus one per 0.2 s over ~0.64 s
