@@ -80,6 +80,7 @@ def _private_accesses(tree: ast.Module) -> list[tuple[int, str]]:
 def test_no_module_is_over_the_size_limit(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
     if path.name in OVERSIZE_PENDING:
+        assert lines > MAX_LINES, f"{path.name} fits now: remove it from OVERSIZE_PENDING"
         pytest.xfail(f"{path.name}: {lines} lines; {OVERSIZE_PENDING[path.name]}")
     assert lines <= MAX_LINES, f"{path.name} has {lines} lines (limit {MAX_LINES}): split it"
 
