@@ -27,7 +27,8 @@ def _tf() -> ModuleType:
 
 
 def _gfile() -> Any:
-    return _tf().io.gfile
+    bound = globals().get("gfile")  # a test may wrap the file layer: `_fs.gfile = ...`
+    return bound if bound is not None else _tf().io.gfile
 
 
 def __getattr__(name: str) -> Any:  # `_fs.gfile`, loaded on first use
