@@ -17,9 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_ckpt import _fs, _graph, _graph_import, _listing, _model_json
+from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import describe
 from keras_ckpt._restore import restore_into
-from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt.directory import scan
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 
 _KERAS_DEFAULT_BATCH = 32
@@ -68,8 +71,12 @@ def evaluate_each(
     data: Any,
     batch_size: int | None,
     verbose: int,
+    stacklevel: int = 3,
 ) -> list[dict[str, Any]]:
-    """Restores each of `kept` into `model` (no optimizer state) and evaluates it."""
+    """Restores each of `kept` into `model` (no optimizer state) and evaluates it.
+
+    `stacklevel`: of the warnings, for the user's frame (3: called by the public function).
+    """
     x, y, sample_weight = split_data(data, batch_size)
     batches = _batched_once(x, y, sample_weight, batch_size)
     if batches is not None:
@@ -80,12 +87,12 @@ def evaluate_each(
     rows: list[dict[str, Any]] = []
     for n, info in enumerate(kept, 1):
         try:
-            restore_into(model, info.path, strict=True, optimizer=False, stacklevel=4)
+            restore_into(model, info.path, strict=True, optimizer=False, stacklevel=stacklevel + 1)
         except CheckpointCorruptError as exc:
             warnings.warn(
                 f"evaluate_checkpoints skipped {info.path}, which is damaged "
                 f"({describe(info.path, exc)}).",
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
             continue
         logs = model.evaluate(
@@ -97,3 +104,46 @@ def evaluate_each(
         if bar is not None:
             bar.update(n, values=[("loss", row["loss"])] if "loss" in row else None)
     return rows
+
+
+def evaluate_directory(
+    path: str, data: Any, model: Any, batch_size: int | None, verbose: int
+) -> list[dict[str, Any]]:
+    """`loader.evaluate_checkpoints`: checks, builds or takes the model, evaluates each."""
+    if not _fs.isdir(path):
+        raise CheckpointNotFoundError(f"No checkpoint directory at {path}.", path=path)
+    split_data(data, batch_size)  # bad arguments fail before any work
+    kept = _listing.kept(path)
+    damaged = scan(path).damaged
+    if damaged:
+        warnings.warn(
+            f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
+            + damaged_list(damaged),
+            stacklevel=3,
+        )
+    if not kept:
+        return []
+    graph = _graph.imported(model)
+    original = None if model is None else (graph.values() if graph else model.get_weights())
+    if model is None:
+        model = _graph_import.build_model(path)
+    if not getattr(model, "compiled", False):
+        why = (
+            "the `model` passed is not compiled"
+            if original is not None
+            else f"{_model_json.model_json_path(path)} records no compile config (the model "
+            "was not compiled when first saved)"
+        )
+        if original is None and _graph.imported(model) is not None:
+            why = f"{_graph.graph_dir(path)} records no loss (the model was not compiled)"
+        raise ValueError(
+            f"evaluate_checkpoints needs a compiled model: {why}. Pass `model=` compiled "
+            "with the loss and metrics to report."
+        )
+    try:
+        return evaluate_each(model, kept, data, batch_size, verbose, stacklevel=4)
+    finally:
+        if graph is not None:
+            graph.assign(original)
+        elif original is not None:
+            model.set_weights(original)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_ckpt import _fs
-from keras_ckpt._io import say
 from keras_ckpt._listing import newer_damaged
+from keras_ckpt._messages import say
 from keras_ckpt._reader import describe
 from keras_ckpt._restore import restore_into
 from keras_ckpt.directory import scan

@@ -2,7 +2,9 @@
 
 Everything goes through `tf.io.gfile`, so any file system TensorFlow knows (local, `gs://`,
 `ram://`, ...) works. Local paths additionally get `fsync` of files and directories, so a
-commit is durable before the state file names it. `ram://` matches paths by string prefix
+commit is durable before the state file names it. TensorFlow is imported on first use by a
+function that needs it: reading a local directory (`keras-ckpt list`) goes through `os`
+and never loads it. `ram://` matches paths by string prefix
 (`listdir("ram://x/run")` also shows `ram://x/run-best`), so listings are filtered here.
 """
 
@@ -14,10 +16,25 @@ import posixpath
 import threading
 import uuid
 from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
 
-import tensorflow as tf
 
-gfile = tf.io.gfile
+def _tf() -> ModuleType:
+    import tensorflow as tf  # first use only: a cheap lookup afterwards
+
+    return tf
+
+
+def _gfile() -> Any:
+    bound = globals().get("gfile")  # a test may wrap the file layer: `_fs.gfile = ...`
+    return bound if bound is not None else _tf().io.gfile
+
+
+def __getattr__(name: str) -> Any:  # `_fs.gfile`, loaded on first use
+    if name == "gfile":
+        return _gfile()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def fspath(path: str | os.PathLike[str]) -> str:
@@ -58,7 +75,7 @@ def temp_name(name: str) -> str:
 def exists(path: str) -> bool:
     if is_local(path):
         return os.path.exists(path)
-    if not gfile.exists(path):
+    if not _gfile().exists(path):
         return False
     parent = dirname(path)
     return basename(path) in list_dir(parent) if parent and parent != path else True
@@ -67,7 +84,7 @@ def exists(path: str) -> bool:
 def isdir(path: str) -> bool:
     if is_local(path):
         return os.path.isdir(path)
-    return exists(path) and gfile.isdir(path)
+    return exists(path) and _gfile().isdir(path)
 
 
 def list_dir(directory: str) -> list[str]:
@@ -77,12 +94,12 @@ def list_dir(directory: str) -> list[str]:
             return sorted(os.listdir(directory))
         except FileNotFoundError:
             return []
-    if not gfile.exists(directory):
+    if not _gfile().exists(directory):
         return []
     names = []
-    for entry in gfile.listdir(directory):
+    for entry in _gfile().listdir(directory):
         name = entry.rstrip("/")
-        if name and "/" not in name and gfile.exists(posixpath.join(directory, name)):
+        if name and "/" not in name and _gfile().exists(posixpath.join(directory, name)):
             names.append(name)
     return sorted(set(names))
 
@@ -95,7 +112,7 @@ def makedirs(directory: str, durable: bool = False) -> None:
         while not os.path.isdir(path) and os.path.dirname(path) != path:
             missing.append(path)
             path = os.path.dirname(path)
-    gfile.makedirs(directory)
+    _gfile().makedirs(directory)
     for path in reversed(missing):
         fsync_dir(os.path.dirname(path))
 
@@ -103,17 +120,20 @@ def makedirs(directory: str, durable: bool = False) -> None:
 def size(path: str) -> int:
     if is_local(path):
         return os.path.getsize(path)
-    return int(gfile.stat(path).length)
+    return int(_gfile().stat(path).length)
 
 
 def mtime(path: str) -> float:
     if is_local(path):
         return os.path.getmtime(path)
-    return gfile.stat(path).mtime_nsec / 1e9
+    return _gfile().stat(path).mtime_nsec / 1e9
 
 
 def read_bytes(path: str) -> bytes:
-    with gfile.GFile(path, "rb") as f:
+    if is_local(path):
+        with open(path, "rb") as f:
+            return f.read()
+    with _gfile().GFile(path, "rb") as f:
         return f.read()
 
 
@@ -123,7 +143,7 @@ def read_text(path: str) -> str:
 
 def write_bytes(path: str, data: bytes) -> None:
     """Writes `path` in place (not atomic: for files no reader looks at yet)."""
-    with gfile.GFile(path, "wb") as f:
+    with _gfile().GFile(path, "wb") as f:
         f.write(data)
     fsync_file(path)
 
@@ -135,7 +155,7 @@ def write_atomic(path: str, data: bytes | str) -> None:
     tmp = temp_name(path)
     try:
         write_bytes(tmp, data)
-        gfile.rename(tmp, path, overwrite=True)
+        _gfile().rename(tmp, path, overwrite=True)
     except BaseException:
         remove(tmp)
         raise
@@ -152,15 +172,15 @@ def append_text(path: str, text: str) -> None:
 
 
 def rename(src: str, dst: str, overwrite: bool = False) -> None:
-    gfile.rename(src, dst, overwrite=overwrite)
+    _gfile().rename(src, dst, overwrite=overwrite)
 
 
 def move(src: str, dst: str) -> bool:
     """Renames one file if it is there; True if it was."""
     try:
-        gfile.rename(src, dst)
+        _gfile().rename(src, dst)
         return True
-    except tf.errors.NotFoundError:
+    except _tf().errors.NotFoundError:
         return False
 
 
@@ -170,16 +190,16 @@ def remove(path: str) -> bool:
         if is_local(path):
             os.remove(path)
         else:
-            gfile.remove(path)
+            _gfile().remove(path)
         return True
-    except (FileNotFoundError, tf.errors.NotFoundError):
+    except (FileNotFoundError, _tf().errors.NotFoundError):
         return False
 
 
 def rmtree(path: str) -> None:
     try:
-        gfile.rmtree(path)
-    except tf.errors.NotFoundError:
+        _gfile().rmtree(path)
+    except _tf().errors.NotFoundError:
         pass
 
 

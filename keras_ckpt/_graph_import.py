@@ -124,8 +124,7 @@ def load_directory(directory: str, cause: Exception) -> keras.Model:
     target = graph_dir(directory)
     if not _fs.isdir(target):
         message = (  # `cause` already says what works (model.json's refusals do)
-            f"{cause} There is no {target} either (written by training with "
-            "save_graph=True)."
+            f"{cause} There is no {target} either (written by training with save_graph=True)."
         )
         try:
             error = type(cause)(message)
@@ -133,3 +132,14 @@ def load_directory(directory: str, cause: Exception) -> keras.Model:
             error = CheckpointError(message)
         raise error from cause
     return import_saved_model(target, compile=True)
+
+
+_NOT_REBUILDABLE = (ValueError, CheckpointNotFoundError, CheckpointCorruptError)
+
+
+def build_model(directory: str, custom_objects: Any = None, *, compile: bool = True) -> Any:
+    """The model of `directory` from `model.json`, else imported from `graph/` (inference)."""
+    try:
+        return _model_json.build_model(directory, custom_objects, compile=compile)
+    except _NOT_REBUILDABLE as exc:  # needs code (subclassed, unregistered), or no model.json
+        return load_directory(directory, exc)

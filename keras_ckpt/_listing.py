@@ -11,6 +11,7 @@ import re
 import warnings
 
 from keras_ckpt import _fs
+from keras_ckpt._messages import damaged_list
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo, from_json, step_of
@@ -74,20 +75,24 @@ def resolve(checkpoint: str | os.PathLike[str], stacklevel: int = 3) -> str:
         if not found:
             raise CheckpointNotFoundError(
                 f"{path} holds no complete checkpoint. Train with a keras_ckpt callback into "
-                "it first, or run `keras-ckpt verify` on it to see what is there."
+                "it first, or run `keras-ckpt verify` on it to see what is there.",
+                path=path,
+                reason="no complete checkpoint",
             )
         latest = found[-1].path
         skipped = newer_damaged(path, found[-1].step)
         if skipped:
             warnings.warn(
                 f"The newest checkpoint(s) in {path} are damaged and were skipped ("
-                + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+                + damaged_list(skipped)
                 + f"); using {latest}. Run `keras-ckpt verify {path}`.",
                 stacklevel=stacklevel,
             )
         return latest
     raise CheckpointNotFoundError(
-        f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists."
+        f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists.",
+        path=path,
+        reason="does not exist",
     )
 
 
@@ -100,7 +105,10 @@ def info_of(prefix: str) -> CheckpointInfo:
         except (ValueError, KeyError, TypeError) as exc:
             raise CheckpointCorruptError(
                 f"{record} is not a valid checkpoint record ({exc}): run "
-                f"`keras-ckpt verify {_fs.dirname(prefix)}`"
+                f"`keras-ckpt verify {_fs.dirname(prefix)}`",
+                path=prefix,
+                file=record,
+                reason=str(exc),
             ) from exc
     step = step_of(_fs.basename(prefix))
     saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0

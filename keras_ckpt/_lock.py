@@ -1,23 +1,62 @@
-"""`DirectoryLock`: one writer per checkpoint directory, in this process and across processes."""
+"""`DirectoryLock`: one writer per checkpoint directory, in this process and across processes.
+
+Within a process a holder may be taken over only by a later `fit` on the same thread
+(`Claim.superseded_by`): Keras calls no `on_train_end` when `fit` dies of an exception, so
+the callback of a notebook cell that failed still holds its directory when the cell is run
+again. In one thread two fits cannot run at once (short of a fit nested in a callback), so a
+new fit there means the old one is gone; fits on other threads, managers outside `fit` and
+other processes still get `DirectoryLockedError`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import os
 import socket
 import threading
 import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from keras_ckpt import _fs
 from keras_ckpt.errors import DirectoryLockedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOCK", "DirectoryLock"]
+__all__ = ["LOCK", "Claim", "DirectoryLock", "claiming"]
 
 LOCK = ".lock"
 
-_HOLDERS: dict[str, weakref.ref] = {}
+
+@dataclass(frozen=True, eq=False)
+class Claim:
+    """Who takes a directory: the thread running a `fit`, and that `fit` (any object unique
+    to it, held for the claim's life so that it is never confused with a later one)."""
+
+    thread: int
+    fit: object
+
+    def superseded_by(self, other: Claim | None) -> bool:
+        """True if `other` may take the directory over: a different fit on the same thread."""
+        return other is not None and other.thread == self.thread and other.fit is not self.fit
+
+
+_CLAIM: contextvars.ContextVar[Claim | None] = contextvars.ContextVar("claim", default=None)
+
+
+@contextlib.contextmanager
+def claiming(claim: Claim | None) -> Iterator[None]:
+    """Locks acquired inside this block are held under `claim` (see `Claim`)."""
+    token = _CLAIM.set(claim)
+    try:
+        yield
+    finally:
+        _CLAIM.reset(token)
+
+
+_HOLDERS: dict[str, weakref.ref[DirectoryLock]] = {}
 _HOLDERS_GUARD = threading.RLock()  # release() re-enters from acquire()
 
 
@@ -35,30 +74,43 @@ class DirectoryLock:
 
     def __init__(self, directory: str, owner: object) -> None:
         self.directory = directory
-        self._owner = weakref.ref(owner)
+        self.owner_name = type(owner).__name__  # for messages
         self._fd: int | None = None
         self._held = False
+        self._claim: Claim | None = None
 
     def acquire(self) -> None:
+        """Takes the directory (under the current `claiming` claim, if any).
+
+        Raises:
+            DirectoryLockedError: Another holder in this process that the claim does not
+                supersede, or another process, holds it.
+        """
         if self._held:
             return
         key = _lock_key(self.directory)
+        claim = _CLAIM.get()
         with _HOLDERS_GUARD:
             other = _HOLDERS.get(key)
             holder = other() if other else None
-            if holder is not None and holder is not self._owner() and _is_active(holder):
-                raise DirectoryLockedError(
-                    f"{self.directory} is already being written by another checkpoint "
-                    f"callback or manager in this process ({type(holder).__name__}). Give "
-                    "each callback its own directory, or call .close() on the other one."
-                )
-            if holder is not None and holder is not self._owner():
-                release = getattr(holder, "_release_lock", None)
-                if release:
-                    release()
+            if holder is not None and holder is not self:
+                if not holder.superseded_by(claim):
+                    raise DirectoryLockedError(
+                        f"{self.directory} is already being written by another checkpoint "
+                        f"callback or manager in this process ({holder.owner_name}). Give "
+                        "each callback its own directory, or call .close() on the other one.",
+                        path=self.directory,
+                        reason=f"held by a {holder.owner_name} in this process",
+                    )
+                holder.release()  # its fit is gone
             self._acquire_file()
-            _HOLDERS[key] = self._owner
+            _HOLDERS[key] = weakref.ref(self)
+            self._claim = claim
             self._held = True
+
+    def superseded_by(self, claim: Claim | None) -> bool:
+        """True if a new holder under `claim` may take this lock over (see `Claim`)."""
+        return self._held and self._claim is not None and self._claim.superseded_by(claim)
 
     def _acquire_file(self) -> None:
         path = _fs.join(self.directory, LOCK)
@@ -74,7 +126,10 @@ class DirectoryLock:
                 raise DirectoryLockedError(
                     f"{self.directory} is locked by another process (see {path}). Two runs "
                     "must not write one checkpoint directory; wait for the other run to end "
-                    "or choose another directory."
+                    "or choose another directory.",
+                    path=self.directory,
+                    file=path,
+                    reason="held by another process",
                 ) from None
             os.ftruncate(fd, 0)
             os.write(fd, me.encode())
@@ -86,7 +141,10 @@ class DirectoryLock:
             if owner != me and host == socket.gethostname() and _pid_alive(pid):
                 raise DirectoryLockedError(
                     f"{self.directory} is locked by process {pid} on this host (see {path}); "
-                    "wait for it to end or choose another directory."
+                    "wait for it to end or choose another directory.",
+                    path=self.directory,
+                    file=path,
+                    reason=f"held by process {pid}",
                 )
             if owner != me and host != socket.gethostname():
                 logger.warning("Taking over %s, left by %s", path, owner)
@@ -98,7 +156,8 @@ class DirectoryLock:
         self._held = False
         with _HOLDERS_GUARD:
             key = _lock_key(self.directory)
-            if _HOLDERS.get(key) is self._owner:
+            ref = _HOLDERS.get(key)
+            if ref is not None and ref() is self:
                 del _HOLDERS[key]
         if self._fd is not None:
             os.close(self._fd)  # closing releases the flock
@@ -109,11 +168,6 @@ class DirectoryLock:
     @property
     def held(self) -> bool:
         return self._held
-
-
-def _is_active(holder: object) -> bool:
-    check = getattr(holder, "_lock_active", None)
-    return bool(check()) if callable(check) else True
 
 
 def _pid_alive(pid: str) -> bool:

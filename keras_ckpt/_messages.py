@@ -7,24 +7,38 @@ Keras-style, e.g.::
     Epoch 4: val_loss (0.2011) did not improve from 0.1987, nothing saved   (verbose=2 only)
     Step 500: saved runs/loop/ckpt-500 (loss=0.0123)                      (custom loops)
 
-Pure functions of the policies and checkpoints; `_io.say` prints them.
+Pure functions of the policies and checkpoints; `say` prints them (the one place that
+prints, like Keras' `io_utils.print_msg`).
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Sequence
 
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import (
-    KeepAll,
-    KeepBest,
-    KeepEveryNHours,
-    KeepLast,
-    KeepPolicy,
-    resolve_mode,
-)
+from keras_ckpt.policies import KeepPolicy, describe, monitors_of, ranking, resolve_mode
 
 _SHOWN_METRICS = 4  # a save line shows at most this many metrics
+
+logger = logging.getLogger("keras_ckpt")
+
+
+def say(message: str) -> None:
+    """Prints `message` to stdout when Keras logs interactively, else to the logger."""
+    import keras  # loaded already by whoever saves; not by `keras-ckpt list`
+
+    if keras.config.is_interactive_logging_enabled():
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+    else:
+        logger.info(message)
+
+
+def damaged_list(damaged: dict[str, str]) -> str:
+    """`ckpt-8: ckpt-8.index is missing; ckpt-9: ...`: the damaged checkpoints skipped."""
+    return "; ".join(f"{name}: {why}" for name, why in sorted(damaged.items()))
 
 
 def _number(value: float) -> str:
@@ -38,8 +52,10 @@ def _metrics(metrics: dict[str, float]) -> str:
     return shown + (f", +{more} more" if more > 0 else "")
 
 
-def _best_policy(policies: Sequence[KeepPolicy]) -> KeepBest | None:
-    return next((p for p in policies if isinstance(p, KeepBest)), None)
+def _start(policy: KeepPolicy, monitor: str) -> str:
+    """Like Keras: the best so far starts at inf (or -inf for a maximised metric)."""
+    mode = getattr(policy, "mode", "auto")
+    return "-inf" if resolve_mode(monitor, mode) == "max" else "inf"
 
 
 def saved_line(
@@ -52,42 +68,20 @@ def saved_line(
 ) -> str:
     """`Epoch 3: saved runs/best/ckpt-36, val_loss improved from 0.2154 to 0.1987`."""
     where = "saved" + (" in the background" if background else "")
-    best = _best_policy(policies)
+    best = ranking(policies)
     if best is not None and best.wants(info, before, start):
-        previous = best.best(before)
-        if previous is not None:
-            old = _number(previous.metrics[best.monitor])
-        else:  # like Keras: the best so far starts at inf (or -inf for a maximised metric)
-            old = "-inf" if resolve_mode(best.monitor, best.mode) == "max" else "inf"
-        new = _number(info.metrics[best.monitor])
-        return f"{label}: {where} {info.path}, {best.monitor} improved from {old} to {new}"
+        monitor = monitors_of(best)[0]
+        previous = best.best(before)  # type: ignore[attr-defined]
+        old = _start(best, monitor) if previous is None else _number(previous.metrics[monitor])
+        new = _number(info.metrics[monitor])
+        return f"{label}: {where} {info.path}, {monitor} improved from {old} to {new}"
     shown = _metrics(info.metrics)
     return f"{label}: {where} {info.path}" + (f" ({shown})" if shown else "")
 
 
-def _protects(policy: KeepPolicy) -> str:
-    if isinstance(policy, KeepLast):
-        return f"the {policy.n} newest"
-    if isinstance(policy, KeepBest):
-        return f"the {policy.k} best by {policy.monitor}"
-    if isinstance(policy, KeepEveryNHours):
-        return f"one kept per {_duration(policy.h)}"
-    if isinstance(policy, KeepAll):
-        return "all"
-    return repr(policy)
-
-
-def _duration(hours: float) -> str:
-    """`6 hours`, `30 minutes`, `1.5 seconds`."""
-    for unit, size in (("hours", 1.0), ("minutes", 1 / 60), ("seconds", 1 / 3600)):
-        if hours >= size or unit == "seconds":
-            return f"{hours / size:g} {unit}"
-    raise AssertionError("unreachable")
-
-
 def deleted_line(label: str, gone: CheckpointInfo, policies: Sequence[KeepPolicy]) -> str:
     """`Epoch 3: deleted runs/last/ckpt-12 (not among the 3 newest)`."""
-    why = " or ".join(_protects(p) for p in policies)
+    why = " or ".join(describe(p) for p in policies)
     return f"{label}: deleted {gone.path} (not among {why})"
 
 
@@ -98,15 +92,16 @@ def skipped_line(
     before: Sequence[CheckpointInfo],
 ) -> str:
     """`Epoch 4: val_loss (0.2011) did not improve from 0.1987, nothing saved` (verbose=2)."""
-    best = _best_policy(policies)
+    best = ranking(policies)
     if best is None:
         return f"{label}: no keep policy wanted this save point, nothing saved"
-    previous = best.best(before)
-    value = _number(float(metrics.get(best.monitor, float("nan"))))
+    monitor = monitors_of(best)[0]
+    previous = best.best(before)  # type: ignore[attr-defined]
+    value = _number(float(metrics.get(monitor, float("nan"))))
     if previous is None:
-        return f"{label}: {best.monitor} is {value}, not a finite value; nothing saved"
-    old = _number(previous.metrics[best.monitor])
-    return f"{label}: {best.monitor} ({value}) did not improve from {old}, nothing saved"
+        return f"{label}: {monitor} is {value}, not a finite value; nothing saved"
+    old = _number(previous.metrics[monitor])
+    return f"{label}: {monitor} ({value}) did not improve from {old}, nothing saved"
 
 
 def same_step_line(label: str, step: int, latest: CheckpointInfo | None) -> str:

@@ -268,9 +268,7 @@ def build_model(
         )
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
         user_model = config.get("module") is None or not _keras_module(config.get("module"))
-        hint = (
-            "" if user_model else "If it uses custom layers, pass them in `custom_objects=`. "
-        )
+        hint = "" if user_model else "If it uses custom layers, pass them in `custom_objects=`. "
         reason = re.sub(r"\s*config=\{.*\}\.\s*", " ", str(exc), flags=re.S).strip()
         raise ValueError(
             f"{path} could not be rebuilt by Keras: {reason.rstrip('.')}. {hint}What works: "

@@ -8,21 +8,20 @@ it. Under `MultiWorkerMirroredStrategy` every worker adopts the chief's plan (`f
 from __future__ import annotations
 
 import logging
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _dist
+from keras_ckpt import _clock, _dist
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import KeepAny, KeepBest, KeepPolicy
+from keras_ckpt.policies import KeepAny, KeepPolicy, best_by, judges_weights, monitors_of, ranking
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Plan", "SavePlanner"]
+__all__ = ["Plan", "SavePlanner", "check_monitors"]
 
 # a save to make: the new checkpoint, the kept list after it, the checkpoints it replaces
 Plan = tuple[CheckpointInfo, list[CheckpointInfo], list[CheckpointInfo]]
@@ -40,6 +39,47 @@ def weights_finite(model: Any) -> bool:
         if tf.as_dtype(w.dtype).is_floating
     ]
     return bool(tf.reduce_all(checks)) if checks else True
+
+
+def check_monitors(
+    policies: tuple[KeepPolicy, ...], metrics: dict[str, object], epoch_end: bool | None = None
+) -> None:
+    """Raises `MonitorNotFoundError` if a keep policy monitors a metric absent from `metrics`.
+
+    `epoch_end`: None for `CheckpointManager.save(metrics=...)`; True or False for the logs of
+    a callback's save point at an epoch end or inside an epoch (the hint differs).
+    """
+    for policy in policies:
+        for monitor in monitors_of(policy):
+            if monitor in metrics:
+                continue
+            names = ", ".join(sorted(metrics)) or "none"
+            if epoch_end is None:
+                raise MonitorNotFoundError(
+                    f"{type(policy).__name__} monitors {monitor!r}, which is not among the "
+                    f"metrics passed to save(): {names}. Pass it in `metrics=` or monitor one "
+                    "of them.",
+                    reason=f"{monitor!r} not in metrics",
+                )
+            raise MonitorNotFoundError(
+                f"Monitored metric {monitor!r} is not in the logs; available metrics: "
+                f"{names}.{_hint(monitor, epoch_end)}",
+                reason=f"{monitor!r} not in logs",
+            )
+
+
+def _hint(monitor: str, epoch_end: bool) -> str:
+    if not monitor.startswith("val_"):
+        return ""
+    if epoch_end:
+        return (
+            " Pass validation data to fit() (validation_data= or validation_split=), or "
+            "validation_data= to this callback."
+        )
+    return (
+        " Keras computes val_* metrics only at epoch end: pass validation_data=(x_val, y_val) "
+        "to this callback to evaluate at every save point."
+    )
 
 
 class SavePlanner:
@@ -66,20 +106,18 @@ class SavePlanner:
         self._prefix = prefix
         self.kept: list[CheckpointInfo] = []
         self.newest_step = -1
-        self.start = time.time()  # when the directory was first managed (KeepEveryNHours)
+        self.start = _clock.wall()  # when the directory was first managed (KeepEveryNHours)
         self.offset: int | None = None  # added to the optimizer's step once a run renumbers
         self.pinned: int | None = None  # a preemption save: kept while it is the newest
         self._counter = 0  # steps of a model without an optimizer
         self._warned_diverged = False
 
     def best(self, monitor: str | None = None) -> CheckpointInfo | None:
-        """The best kept checkpoint by the first `KeepBest` policy (or `monitor`)."""
-        for policy in self.policies:
-            if isinstance(policy, KeepBest) and monitor in (None, policy.monitor):
-                return policy.best(self.kept)
-        if monitor is not None:
-            return KeepBest(monitor=monitor).best(self.kept)
-        return None
+        """The best kept checkpoint by the first policy ranking by a metric (or `monitor`)."""
+        policy = ranking(self.policies, monitor)
+        if policy is not None:
+            return policy.best(self.kept)  # type: ignore[attr-defined]
+        return best_by(monitor, self.kept) if monitor is not None else None
 
     # -- steps -----------------------------------------------------------------------------------
 
@@ -121,13 +159,7 @@ class SavePlanner:
     # -- decisions -------------------------------------------------------------------------------
 
     def check_monitors(self, metrics: dict[str, float]) -> None:
-        for policy in self.policies:
-            if isinstance(policy, KeepBest) and policy.monitor not in metrics:
-                names = ", ".join(sorted(metrics)) or "none"
-                raise MonitorNotFoundError(
-                    f"KeepBest monitors {policy.monitor!r}, which is not among the metrics "
-                    f"passed to save(): {names}. Pass it in `metrics=` or monitor one of them."
-                )
+        check_monitors(self.policies, metrics)
 
     def plan(
         self,
@@ -156,7 +188,7 @@ class SavePlanner:
             step=int(step),
             epoch=None if epoch is None else int(epoch),
             metrics=values,
-            saved_at=time.time(),
+            saved_at=_clock.wall(),
         )
         if not force and not self._policy.wants(info, self.kept, self.start):
             return None
@@ -188,7 +220,7 @@ class SavePlanner:
         """
         if not self.kept or self.kept[-1].step != step or step != self.newest_step:
             return None
-        info = CheckpointInfo(self._prefix(step), int(step), epoch, values, time.time())
+        info = CheckpointInfo(self._prefix(step), int(step), epoch, values, _clock.wall())
         return info, [*self.kept[:-1], info], [self.kept[-1]]
 
     def follow_chief(
@@ -215,16 +247,16 @@ class SavePlanner:
             return plan
         if not wanted:
             return None
-        info = CheckpointInfo(self._prefix(chief_step), chief_step, epoch, values, time.time())
+        info = CheckpointInfo(self._prefix(chief_step), chief_step, epoch, values, _clock.wall())
         kept = [*(i for i in self.kept if i.step < chief_step), info]
         protected = self._policy.protected(kept, self.start) | {chief_step}
         return info, [i for i in kept if i.step in protected], []
 
     def _judges_weights(self) -> bool:
-        return any(isinstance(p, KeepBest) for p in self.policies)
+        return judges_weights(self.policies)
 
     def _diverged(self, info: CheckpointInfo, finite: bool | None = None) -> bool:
-        """True (and a warning) if a `KeepBest` manager is about to save non-finite weights.
+        """True (and a warning) if a metric-monitoring manager would save non-finite weights.
 
         A diverged model can score a finite, even better metric (a NaN classifier predicts
         one class for everything), so the metric alone cannot keep it out; nor should it

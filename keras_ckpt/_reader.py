@@ -16,6 +16,7 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_ckpt import _fs
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
+from keras_ckpt.errors import short_reason as short
 
 GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 
@@ -32,13 +33,6 @@ def data_files(prefix: str) -> list[str]:
     directory = _fs.dirname(prefix)
     names = _fs.list_dir(directory)
     return [_fs.join(directory, n) for n in names if n.startswith(base + ".data-")]
-
-
-def short(exc: BaseException) -> str:
-    """The first line of a TensorFlow error, without its `{{node ...}}` noise."""
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    text = re.sub(r"\{\{.*?\}\}\s*", "", text)
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__
 
 
 def blame(prefix: str, exc: BaseException, default: str) -> str:
@@ -70,13 +64,19 @@ def check_sizes(prefix: str) -> None:
         if not _fs.exists(path):
             raise CheckpointCorruptError(
                 f"{path} is missing: the checkpoint {prefix} is incomplete. Restore another "
-                f"one (`keras-ckpt list {directory}`)."
+                f"one (`keras-ckpt list {directory}`).",
+                path=prefix,
+                file=path,
+                reason="missing",
             )
         actual = _fs.size(path)
         if actual != expected:
             raise CheckpointCorruptError(
                 f"{path} is truncated or altered ({actual} of {expected} bytes): restore "
-                f"another checkpoint, or run `keras-ckpt verify {directory}`"
+                f"another checkpoint, or run `keras-ckpt verify {directory}`",
+                path=prefix,
+                file=path,
+                reason=f"{actual} of {expected} bytes",
             )
 
 
@@ -87,7 +87,9 @@ class CheckpointReader:
         self.prefix = prefix
         index = prefix + ".index"
         if not _fs.exists(index):
-            raise CheckpointNotFoundError(f"No checkpoint at {prefix}: {index} does not exist.")
+            raise CheckpointNotFoundError(
+                f"No checkpoint at {prefix}: {index} does not exist.", path=prefix, file=index
+            )
         check_sizes(prefix)
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
@@ -95,10 +97,14 @@ class CheckpointReader:
             self.dtypes = dict(reader.get_variable_to_dtype_map())
             raw = reader.get_tensor(GRAPH_KEY) if GRAPH_KEY in self.shapes else None
         except TF_READ_ERRORS as exc:
+            culprit = blame(prefix, exc, index)
             raise CheckpointCorruptError(
-                f"{blame(prefix, exc, index)} is unreadable: {short(exc)}. The checkpoint "
+                f"{culprit} is unreadable: {short(exc)}. The checkpoint "
                 f"is damaged; restore another one or run `keras-ckpt verify "
-                f"{_fs.dirname(prefix)}`."
+                f"{_fs.dirname(prefix)}`.",
+                path=prefix,
+                file=culprit,
+                reason=short(exc),
             ) from exc
         self.graph = None
         if raw is not None:
@@ -107,7 +113,9 @@ class CheckpointReader:
                 graph.ParseFromString(raw)
             except Exception as exc:  # protobuf's DecodeError has no stable import path
                 raise CheckpointCorruptError(
-                    f"The object graph in {prefix}.data-* is garbled ({short(exc)})."
+                    f"The object graph in {prefix}.data-* is garbled ({short(exc)}).",
+                    path=prefix,
+                    reason=short(exc),
                 ) from exc
             self.graph = graph
 
@@ -139,7 +147,10 @@ class CheckpointReader:
             raise CheckpointCorruptError(
                 f"{files or self.prefix + '.data-*'} is truncated or altered ({short(exc)}). "
                 f"Restore another checkpoint or run `keras-ckpt verify "
-                f"{_fs.dirname(self.prefix)}`."
+                f"{_fs.dirname(self.prefix)}`.",
+                path=self.prefix,
+                file=files or None,
+                reason=short(exc),
             ) from exc
 
 

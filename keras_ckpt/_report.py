@@ -1,6 +1,8 @@
 """Text reports for the `keras-ckpt` command line: the checkpoint table and a variable list.
 
-Pure reading and formatting over `loader` and `directory`; `cli` only parses and prints.
+Pure reading and formatting over `_listing`, `directory` and `_reader`; `cli` only parses and
+prints. `list_report` needs no TensorFlow (`keras-ckpt list` starts quietly); `inspect_report`
+imports the reader, and with it TensorFlow, when called.
 """
 
 from __future__ import annotations
@@ -9,22 +11,18 @@ import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from keras_ckpt import _fs
+from keras_ckpt._listing import info_of
+from keras_ckpt._listing import kept as list_checkpoints
 from keras_ckpt.directory import scan
-from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.loader import CheckpointReader, info_of, list_checkpoints
-from keras_ckpt.policies import KeepBest, resolve_mode
+from keras_ckpt.policies import best_by, default_monitor, resolve_mode
+
+if TYPE_CHECKING:
+    from keras_ckpt._reader import CheckpointReader
 
 _VALUE = "VARIABLE_VALUE"
-
-
-def default_monitor(kept: Sequence[CheckpointInfo]) -> str | None:
-    """`val_loss` if the checkpoints recorded it, else `loss`, else None."""
-    for name in ("val_loss", "loss"):
-        if any(name in i.metrics for i in kept):
-            return name
-    return None
 
 
 def human_bytes(n: int) -> str:
@@ -91,7 +89,7 @@ def list_report(directory: str, monitor: str | None = None, mode: str = "auto") 
             f"{', '.join(metrics) or 'none'}"
         )
     monitor = monitor or default_monitor(kept)
-    best = KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
+    best = best_by(monitor, kept, mode)
     files = _fs.list_dir(directory)
     rows = [["step", "epoch", *metrics, "size", "saved", ""]]
     for info in kept:
@@ -179,6 +177,8 @@ def _groups(reader: CheckpointReader) -> dict[str, list[_Variable]]:
 
 def inspect_report(prefix: str) -> list[str]:
     """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable."""
+    from keras_ckpt._reader import CheckpointReader  # TensorFlow: only this report needs it
+
     info = info_of(prefix)
     reader = CheckpointReader(prefix)
     groups = _groups(reader)

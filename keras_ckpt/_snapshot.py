@@ -131,7 +131,7 @@ class _Plan:
             else:
                 proxies[id(obj)] = _Node()
         for parent, name, child in fingerprint[1]:
-            proxies[id(objects[parent])]._kc_children[name] = proxies[id(objects[child])]
+            proxies[id(objects[parent])].adopt(name, proxies[id(objects[child])])
         root = tf.train.Checkpoint(model=proxies[id(objects[0])])
         serialized, feeds, savers, graph = save_util.serialize_graph_view(
             graph_view.ObjectGraphView(root)

@@ -3,29 +3,26 @@
 `BestCheckpoint`, `RotatingCheckpoint` and `TimedCheckpoint` are presets: arguments in,
 policies out. Keras 3 does not call `on_train_end` when `fit` is interrupted by an exception
 or `KeyboardInterrupt`: a background write then finishes on its own, but no final save is
-made; call `cb.close()` to wait for it and release the directory (a new callback on the same
-directory takes over by itself once the interrupted `fit` is gone).
+made; call `cb.close()` to wait for it and release the directory (a later `fit` on the same thread,
+e.g. a notebook cell run again, takes the directory over by itself: see `_lock.Claim`).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
-import time
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
 
-from keras_ckpt import _fs
+from keras_ckpt import _clock, _fs
 from keras_ckpt._fit_resume import Position, Resumption
-from keras_ckpt._io import say
-from keras_ckpt._messages import same_step_line, skipped_line
+from keras_ckpt._lock import Claim, claiming
+from keras_ckpt._messages import same_step_line, say, skipped_line
+from keras_ckpt._planning import check_monitors
 from keras_ckpt.directory import scan
-from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.manager import CheckpointManager, _check_verbose
 from keras_ckpt.policies import (
@@ -43,42 +40,6 @@ from keras_ckpt.policies import (
 )
 
 __all__ = ["CheckpointCallback", "BestCheckpoint", "RotatingCheckpoint", "TimedCheckpoint"]
-
-
-def _fit_frame_token() -> tuple[int, int, Any, Any]:
-    """Identifies the `fit` call running this callback.
-
-    (thread, frame id, code, weak reference to the per-fit `CallbackList`): a frame id can be
-    reused by a later `fit` once the first is gone, the dead CallbackList tells them apart.
-    """
-    caller = sys._getframe(2)
-    owner = caller.f_locals.get("self")
-    try:
-        marker = weakref.ref(owner) if owner is not None else None
-    except TypeError:
-        marker = None
-    frame = caller
-    probe = frame
-    for _ in range(12):
-        if probe is None:
-            break
-        if probe.f_code.co_name == "fit":
-            frame = probe
-            break
-        probe = probe.f_back
-    return threading.get_ident(), id(frame), frame.f_code, marker
-
-
-def _frame_alive(token: tuple[int, int, Any, Any]) -> bool:
-    thread_id, frame_id, code, marker = token
-    if marker is not None and marker() is None:
-        return False
-    frame = sys._current_frames().get(thread_id)
-    while frame is not None:
-        if id(frame) == frame_id and frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 def _check_validation_data(data: Any) -> None:
@@ -169,7 +130,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self._told_same_step = False
         self._batches = 0  # batches since the last save point, counted as ModelCheckpoint does
         self._last_batch: int | None = None  # the `batch` of the previous hook
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         self._epochs_done = 0
         self._last_logs: dict[str, Any] = {}
 
@@ -185,7 +146,11 @@ class CheckpointCallback(keras.callbacks.Callback):
     # -- Keras hooks --------------------------------------------------------------------------
 
     def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        if self.manager is None or self.manager._closed:
+        if self.manager is not None:
+            self.manager.close()  # left open by a fit that died without on_train_end
+        # Keras gives every callback of one fit the same `params` dict: it names this fit.
+        claim = Claim(threading.get_ident(), self.params) if self.params else None
+        with claiming(claim):
             self.manager = CheckpointManager(
                 self.directory,
                 self.model,
@@ -196,11 +161,9 @@ class CheckpointCallback(keras.callbacks.Callback):
                 save_on_preemption=self.save_on_preemption,
                 save_graph=self.save_graph,
             )
-        token = _fit_frame_token()
-        self.manager._active_check = lambda: _frame_alive(token)
         self._batches = 0
         self._last_batch = None
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         self._epochs_done = 0
         self._last_logs = {}
         self._resumption = Resumption(self) if self.resume else None
@@ -209,7 +172,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._epochs_done = position.epochs
             self._batches = position.since_save
             self._last_batch = position.batches - 1 if position.batches else None
-        self.manager._prepare()  # if the optimizer is built already (a resumed run)
+        self.manager.prepare()  # if the optimizer is built already (a resumed run)
         latest, iterations = self.manager.latest, _iterations(self.model)
         self._saved_iterations = iterations if latest and latest.step == iterations else None
 
@@ -230,8 +193,8 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._batches += batch - self._last_batch
         self._last_batch = batch
         if first:  # the optimizer is built by its first step, not before
-            self.manager._prepare()
-        if self.save_policy.at_batch(self._batches, time.monotonic() - self._last_time):
+            self.manager.prepare()
+        if self.save_policy.at_batch(self._batches, _clock.monotonic() - self._last_time):
             self._save_point(logs, epoch_end=False, batch=batch)
         if self.manager.preempted:  # SIGTERM: save this step (if not just saved), then stop
             self._save_point(logs, epoch_end=False, batch=batch)
@@ -243,7 +206,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._resumption.epoch_ends()
         self._last_logs = dict(logs or {})
         preempted = self.manager.preempted  # (SIGTERM during the validation: save, stop now)
-        if self.save_policy.at_epoch(time.monotonic() - self._last_time) or preempted:
+        if self.save_policy.at_epoch(_clock.monotonic() - self._last_time) or preempted:
             self._save_point(logs, epoch_end=True)
         if preempted:
             self.model.stop_training = True
@@ -257,7 +220,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         try:
             if self.save_on_train_end or self.manager.preempted:
                 metrics = {**self._last_logs, **(logs or {})}
-                self.manager._label = self._epoch_label(running=self._epochs_done)
+                self.manager.label = self._epoch_label(running=self._epochs_done)
                 position = Position(self._epochs_done, 0, self._batches)
                 # With EMA, fit swapped the averaged weights in after the last save point:
                 # the final model differs from the checkpoint of its step, which it replaces.
@@ -281,7 +244,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self, logs: dict[str, Any] | None, epoch_end: bool, batch: int | None = None
     ) -> CheckpointInfo | None:
         self._batches = 0
-        self._last_time = time.monotonic()
+        self._last_time = _clock.monotonic()
         metrics = dict(logs or {})
         preempted = self.manager.preempted  # no time to evaluate; any metrics will do
         if self.validation_data is not None and not (
@@ -293,7 +256,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         # Keras numbers epochs from 1: the one just finished, or the one in progress.
         running = self._epochs_done if epoch_end else self._epochs_done + 1
         position = self._position(batch)
-        self.manager._label = self._epoch_label(running)
+        self.manager.label = self._epoch_label(running)
         before = self.manager.checkpoints
         info = self.manager.save(metrics=metrics, epoch=position.epochs, extra=position.record())
         iterations = _iterations(self.model)
@@ -303,10 +266,10 @@ class CheckpointCallback(keras.callbacks.Callback):
             if self.verbose > 1 or (self.verbose and not self._told_same_step):
                 latest = self.manager.latest
                 step = latest.step if latest is not None else iterations
-                say(same_step_line(self.manager._label, step, latest))
+                say(same_step_line(self.manager.label, step, latest))
             self._told_same_step = True
         elif self.verbose > 1:
-            say(skipped_line(self.manager._label, metrics, self.keep, before))
+            say(skipped_line(self.manager.label, metrics, self.keep, before))
         return info
 
     def _position(self, batch: int | None) -> Position:
@@ -327,27 +290,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         return f"{newline}Epoch {running}"
 
     def _check_monitors(self, metrics: dict[str, Any], epoch_end: bool) -> None:
-        for policy in self.keep:
-            if not isinstance(policy, KeepBest) or policy.monitor in metrics:
-                continue
-            names = ", ".join(sorted(metrics)) or "none"
-            hint = ""
-            if policy.monitor.startswith("val_"):
-                if epoch_end:
-                    hint = (
-                        " Pass validation data to fit() (validation_data= or "
-                        "validation_split=), or validation_data= to this callback."
-                    )
-                else:
-                    hint = (
-                        " Keras computes val_* metrics only at epoch end: pass "
-                        "validation_data=(x_val, y_val) to this callback to evaluate at "
-                        "every save point."
-                    )
-            raise MonitorNotFoundError(
-                f"Monitored metric {policy.monitor!r} is not in the logs; available metrics: "
-                f"{names}.{hint}"
-            )
+        check_monitors(self.keep, metrics, epoch_end)
 
     def _evaluate(self) -> dict[str, float]:
         """Evaluates on `validation_data` without disturbing the epoch's training metrics."""

@@ -4,6 +4,9 @@ Exit codes: 0 done; 1 a checkpoint problem (verify found damage, no checkpoint w
 expected, an unreadable file, a failed export); 2 a wrong argument or a path that does not
 exist. Every error is one line on stderr, never a traceback (set `KERAS_CKPT_TRACEBACK=1` to
 see one).
+
+TensorFlow is imported only by the commands that need it (`inspect`, `verify`, `export`,
+`plot`): `list` of a local directory reads the records alone and starts quietly.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keras_ckpt import _fs, _report, loader
+from keras_ckpt import _fs, _report
 from keras_ckpt.errors import CheckpointError
 
 __all__ = ["main"]
@@ -60,6 +63,8 @@ def _checkpoint(path: str) -> str:
     if _fs.exists(path + ".index"):
         return path
     if _fs.isdir(path):
+        from keras_ckpt import loader
+
         latest = loader.latest_checkpoint(path)
         if latest is None:
             raise _Exit(f"{path} holds no complete checkpoint (see `{PROG} verify {path}`)", 1)
@@ -91,6 +96,8 @@ def _verify(args: argparse.Namespace) -> int:
     target = _fs.fspath(args.target)
     if not (_fs.isdir(target) or _fs.exists(target + ".index")):
         raise _Exit(f"no such checkpoint or directory: {target}", 2)
+    from keras_ckpt import loader
+
     problems = loader.verify(target)
     for problem in problems:
         print(problem)
@@ -108,6 +115,8 @@ def _export(args: argparse.Namespace) -> int:
     if _fs.exists(out) and (not _fs.isdir(out) or _fs.list_dir(out)):
         raise _Exit(f"{out} already exists and is not an empty directory: choose a new one", 2)
     _quiet_tensorflow()
+    from keras_ckpt import loader
+
     try:
         out = loader.export_saved_model(prefix, out)
     except ValueError as exc:  # model.json refused (it would run code) or not rebuildable

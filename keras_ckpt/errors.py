@@ -11,9 +11,20 @@ Lower-level TensorFlow errors are re-raised as one of these, `from` the original
     └── DirectoryLockedError         another writer owns the directory
 
 Bad arguments are plain `ValueError`s, raised at construction.
+
+Each error carries its context as data, besides its message (as httpx's do): `path` (the
+checkpoint prefix or directory concerned), `file` (the one file at fault, if known) and
+`reason` (the short cause, e.g. TensorFlow's first line); None when not known::
+
+    try:
+        restore(model, "runs/best")
+    except CheckpointCorruptError as exc:
+        print(exc.file, exc.reason)
 """
 
 from __future__ import annotations
+
+import re
 
 __all__ = [
     "CheckpointError",
@@ -22,11 +33,32 @@ __all__ = [
     "CheckpointCorruptError",
     "MonitorNotFoundError",
     "DirectoryLockedError",
+    "short_reason",
 ]
 
 
 class CheckpointError(Exception):
-    """Base class of every error keras_ckpt raises on purpose."""
+    """Base class of every error keras_ckpt raises on purpose.
+
+    Args:
+        message: What went wrong, where, and what to do.
+        path: The checkpoint prefix or directory concerned.
+        file: The file at fault, if one is.
+        reason: The short cause (see `short_reason`).
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | None = None,
+        file: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.path = path
+        self.file = file
+        self.reason = reason
 
 
 class CheckpointNotFoundError(CheckpointError):
@@ -49,3 +81,10 @@ class MonitorNotFoundError(CheckpointError, KeyError):
 
 class DirectoryLockedError(CheckpointError):
     """Another callback, manager or process is writing to the same directory."""
+
+
+def short_reason(exc: BaseException) -> str:
+    """The first line of an error (TensorFlow's without its `{{node ...}}` noise), <= 300 chars."""
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    text = re.sub(r"\{\{.*?\}\}\s*", "", str(text)).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__

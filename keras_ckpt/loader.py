@@ -23,7 +23,6 @@ from keras_ckpt import (
     _evaluate,
     _export,
     _fs,
-    _graph,
     _graph_import,
     _listing,
     _model_json,
@@ -31,12 +30,12 @@ from keras_ckpt import (
 )
 from keras_ckpt._listing import info_of, newer_damaged
 from keras_ckpt._listing import resolve as _resolve
+from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into
-from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import KeepBest
+from keras_ckpt.policies import best_by
 
 __all__ = [
     "list_checkpoints",
@@ -81,7 +80,7 @@ def best_checkpoint(
 
     Ties go to the newer checkpoint; `mode="auto"` maximises accuracy-like names.
     """
-    best = KeepBest(monitor=monitor, mode=mode).best(list_checkpoints(directory))  # type: ignore[arg-type]
+    best = best_by(monitor, list_checkpoints(directory), mode)
     return best.path if best else None
 
 
@@ -162,7 +161,7 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
     if skipped:
         warnings.warn(
             f"resume: the newest checkpoint(s) in {path} are damaged and were skipped ("
-            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
+            + damaged_list(skipped)
             + "). Falling back to the newest intact one.",
             stacklevel=2,
         )
@@ -246,20 +245,9 @@ def load_model(
         >>> model.predict(x)
     """
     prefix = _resolve(checkpoint)
-    model = _build(_fs.dirname(prefix), custom_objects)
+    model = _graph_import.build_model(_fs.dirname(prefix), custom_objects)
     restore_into(model, prefix, strict=True, stacklevel=3)
     return model
-
-
-_NOT_REBUILDABLE = (ValueError, CheckpointNotFoundError, CheckpointCorruptError)
-
-
-def _build(directory: str, custom_objects: Any = None, *, compile: bool = True) -> Any:
-    """The model of `directory` from `model.json`, else imported from `graph/` (inference)."""
-    try:
-        return _model_json.build_model(directory, custom_objects, compile=compile)
-    except _NOT_REBUILDABLE as exc:  # needs code (subclassed, unregistered), or no model.json
-        return _graph_import.load_directory(directory, exc)
 
 
 def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
@@ -268,7 +256,7 @@ def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool)
     if model is None and optimizer:
         model = _model_json.build_model(_fs.dirname(prefix), compile=optimizer)
     elif model is None:  # a SavedModel export: from graph/ when model.json cannot rebuild it
-        model = _build(_fs.dirname(prefix), compile=False)
+        model = _graph_import.build_model(_fs.dirname(prefix), compile=False)
     restore_into(model, prefix, strict=True, optimizer=optimizer, stacklevel=4)
     return model
 
@@ -407,44 +395,7 @@ def evaluate_checkpoints(
         >>> min(rows, key=lambda r: r["loss"])["path"]
         'runs/last/ckpt-1600'
     """
-    path = _fs.fspath(directory)
-    if not _fs.isdir(path):
-        raise CheckpointNotFoundError(f"No checkpoint directory at {path}.")
-    _evaluate.split_data(data, batch_size)  # bad arguments fail before any work
-    kept = list_checkpoints(path)
-    damaged = scan(path).damaged
-    if damaged:
-        warnings.warn(
-            f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
-            + "; ".join(f"{n}: {why}" for n, why in sorted(damaged.items())),
-            stacklevel=2,
-        )
-    if not kept:
-        return []
-    graph = _graph.imported(model)
-    original = None if model is None else (graph.values() if graph else model.get_weights())
-    if model is None:
-        model = _build(path)
-    if not getattr(model, "compiled", False):
-        why = (
-            "the `model` passed is not compiled"
-            if original is not None
-            else f"{_model_json.model_json_path(path)} records no compile config (the model "
-            "was not compiled when first saved)"
-        )
-        if original is None and _graph.imported(model) is not None:
-            why = f"{_graph.graph_dir(path)} records no loss (the model was not compiled)"
-        raise ValueError(
-            f"evaluate_checkpoints needs a compiled model: {why}. Pass `model=` compiled "
-            "with the loss and metrics to report."
-        )
-    try:
-        return _evaluate.evaluate_each(model, kept, data, batch_size, verbose)
-    finally:
-        if graph is not None:
-            graph.assign(original)
-        elif original is not None:
-            model.set_weights(original)
+    return _evaluate.evaluate_directory(_fs.fspath(directory), data, model, batch_size, verbose)
 
 
 def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -14,14 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt import _assets, _dist, _fs, _graph, _messages, _model_json
-from keras_ckpt._io import say
 from keras_ckpt._lock import DirectoryLock
+from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
 from keras_ckpt._preemption import PreemptionWatch
 from keras_ckpt._snapshot import Snapshotter
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
 from keras_ckpt.errors import CheckpointError
+from keras_ckpt.errors import short_reason as _describe
 from keras_ckpt.info import CheckpointInfo, clean_metrics
 from keras_ckpt.policies import KeepLast, KeepPolicy, as_policies
 from keras_ckpt.writer import AsyncWriter, SyncWriter, take_snapshot
@@ -35,12 +35,6 @@ def _check_verbose(verbose: object) -> int:
     if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
         raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
     return verbose
-
-
-def _describe(exc: BaseException) -> str:
-    """The first line of an error, without TensorFlow's `{{function_node ...}}` noise."""
-    text = re.sub(r"\{\{.*?\}\}\s*", "", str(exc)).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 class CheckpointManager:
@@ -108,17 +102,16 @@ class CheckpointManager:
         self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
         self._untracked = UntrackedState(model)  # SeedGenerator states, for `resume`
         self._lock = DirectoryLock(self.directory, self)
-        self._active_check = None
         self._closed = False
         self._model_json_written = False
         self._graph_written = False
         self._strategy = _dist.multi_worker_strategy(model)
         self.is_chief = _dist.is_chief(self._strategy)
         self._saved_since_log: list[int] = []
-        self._label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
+        self.label: str | None = None  # verbose lines start with this ("Epoch 3"), or the step
         self.save_on_preemption = bool(save_on_preemption)
         owner = weakref.ref(self)  # the process-wide handler must not keep the model alive
-        self._preemption = PreemptionWatch(lambda: (m := owner()) is not None and m._lock_active())
+        self._preemption = PreemptionWatch(lambda: (m := owner()) is not None and not m.closed)
         if self.is_chief:
             _fs.makedirs(self.directory, durable=True)
             self._lock.acquire()
@@ -258,7 +251,7 @@ class CheckpointManager:
             extra["preempted"] = True  # a relaunch's planner keeps it while it is the newest
         lines = []
         if self.verbose:
-            label = self._label or f"Step {info.step}"
+            label = self.label or f"Step {info.step}"
             lines.append(
                 f"{label}: saved {info.path} on preemption (SIGTERM)"
                 if forced
@@ -312,7 +305,7 @@ class CheckpointManager:
         """A preemption save of a step saved already: waits for its write, keeps it."""
         self.wait()
         if self.verbose and self._planner.pinned != info.step:  # else said when it was saved
-            label = self._label or f"Step {info.step}"
+            label = self.label or f"Step {info.step}"
             say(f"{label}: preempted (SIGTERM); {info.path} holds this step already")
         self._planner.pinned = info.step
         return info
@@ -407,8 +400,11 @@ class CheckpointManager:
             self._reload()
             raise
 
-    def _prepare(self) -> None:
-        """Maps the host buffers of asynchronous saves while training starts (callbacks)."""
+    def prepare(self) -> None:
+        """Maps the host buffers of asynchronous saves while training starts (callbacks).
+
+        Optional: the first asynchronous save does it otherwise.
+        """
         if not (self.async_save and self.is_chief) or self._closed:
             return
         optimizer = getattr(self.model, "optimizer", None) if self.save_optimizer else None
@@ -442,13 +438,10 @@ class CheckpointManager:
             self._lock.release()
             self._preemption.stop()  # the previous SIGTERM handler is back
 
-    def _lock_active(self) -> bool:
-        if self._closed:
-            return False
-        return self._active_check() if self._active_check is not None else True
-
-    def _release_lock(self) -> None:
-        self._lock.release()
+    @property
+    def closed(self) -> bool:
+        """True once `close` ran: the directory is released and `save` raises."""
+        return self._closed
 
     def __enter__(self) -> CheckpointManager:
         return self

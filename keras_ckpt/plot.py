@@ -21,11 +21,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_ckpt import _fs
-from keras_ckpt._report import default_monitor
 from keras_ckpt.errors import CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.loader import list_checkpoints
-from keras_ckpt.policies import KeepBest
+from keras_ckpt.policies import best_by, default_monitor
 
 __all__ = ["read_history", "plot_history", "history_figure", "metric_families"]
 
@@ -156,7 +155,7 @@ def _draw(ax: Any, run: _Run, metrics: Sequence[str], monitor: str | None, mode:
             gid="kept",
         )
     monitor = monitor or default_monitor(run.kept)
-    best = KeepBest(monitor, mode=mode).best(run.kept) if monitor else None  # type: ignore[arg-type]
+    best = best_by(monitor, run.kept, mode)
     if best is not None and monitor in metrics:
         ax.plot(
             [best.step],

@@ -20,6 +20,11 @@ checkpoint no policy wants is never written.
   meaning of `tf.train.CheckpointManager(keep_checkpoint_every_n_hours=h)`.
 
 Policies read no clock: times come in as arguments.
+
+The library uses keep policies only through their protocol (`KeepPolicy`), so a keep
+policy a user writes gets the same treatment as these: a missing monitored metric is an
+error, a model with non-finite weights is never saved while a policy monitors a metric, and
+verbose lines describe it.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import ClassVar, Literal, Protocol, runtime_checkable
 
 from keras_ckpt.info import CheckpointInfo
 
@@ -45,6 +50,12 @@ __all__ = [
     "KeepPolicy",
     "resolve_mode",
     "save_every",
+    "monitors_of",
+    "describe",
+    "ranking",
+    "judges_weights",
+    "best_by",
+    "default_monitor",
 ]
 
 _MAX_NAMES = ("acc", "auc", "precision", "recall", "f1")
@@ -81,6 +92,14 @@ def _score(info: CheckpointInfo, monitor: str, mode: str) -> float:
     if not math.isfinite(value):
         return math.nan
     return -value if resolve_mode(monitor, mode) == "max" else value
+
+
+def _duration(hours: float) -> str:
+    """`6 hours`, `30 minutes`, `1.5 seconds`."""
+    for unit, size in (("hours", 1.0), ("minutes", 1 / 60)):
+        if hours >= size:
+            return f"{hours / size:g} {unit}"
+    return f"{hours * 3600:g} seconds"
 
 
 # -- save policies: when ----------------------------------------------------------------------
@@ -156,11 +175,66 @@ def save_every(save_freq: int | str) -> SavePolicy:
 
 @runtime_checkable
 class KeepPolicy(Protocol):
-    """Decides which checkpoints are worth writing and which must stay."""
+    """Decides which checkpoints are worth writing and which must stay.
+
+    Required: `wants(new, kept, start)` and `protected(kept, start)`. Optional members, read
+    with a default when absent:
+
+    - `monitors`: the metric names the policy reads (default `()`). A save without one of
+      them raises `MonitorNotFoundError`; while any policy monitors a metric, a model whose
+      weights are not finite is never saved (a diverged model can score a good metric).
+    - `describe()`: what the policy protects, for verbose lines (`"the 3 newest"`).
+    - `best(kept)`: for a policy ranking by its first monitor, the best kept checkpoint;
+      with `mode` (`"min"`/`"max"`/`"auto"`) verbose lines then say "improved from ... to".
+    """
 
     def wants(self, new: CheckpointInfo, kept: Sequence[CheckpointInfo], start: float) -> bool: ...
 
     def protected(self, kept: Sequence[CheckpointInfo], start: float) -> set[int]: ...
+
+
+def monitors_of(policy: KeepPolicy) -> tuple[str, ...]:
+    """The metric names `policy` reads (its optional `monitors` member; `()` without one)."""
+    return tuple(getattr(policy, "monitors", ()))
+
+
+def describe(policy: KeepPolicy) -> str:
+    """What `policy` protects, e.g. `"the 3 newest"` (its `describe()`, else its repr)."""
+    method = getattr(policy, "describe", None)
+    return str(method()) if callable(method) else repr(policy)
+
+
+def ranking(policies: Sequence[KeepPolicy], monitor: str | None = None) -> KeepPolicy | None:
+    """The first policy ranking checkpoints by a metric (by `monitor`, if given), or None."""
+    for policy in policies:
+        names = monitors_of(policy)
+        if names and callable(getattr(policy, "best", None)) and monitor in (None, names[0]):
+            return policy
+    return None
+
+
+def judges_weights(policies: Sequence[KeepPolicy]) -> bool:
+    """True if a policy monitors a metric: then non-finite weights are never saved."""
+    return any(monitors_of(p) for p in policies)
+
+
+def default_monitor(kept: Sequence[CheckpointInfo]) -> str | None:
+    """`val_loss` if the checkpoints recorded it, else `loss`, else None."""
+    for name in ("val_loss", "loss"):
+        if any(name in i.metrics for i in kept):
+            return name
+    return None
+
+
+def best_by(
+    monitor: str | None, kept: Sequence[CheckpointInfo], mode: str = "auto"
+) -> CheckpointInfo | None:
+    """The best of `kept` by `monitor` (finite values only; newest among equals), or None.
+
+    `monitor=None` means the default monitor (`default_monitor`); None if there is none.
+    """
+    monitor = monitor or default_monitor(kept)
+    return KeepBest(monitor, mode=mode).best(kept) if monitor else None  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -168,9 +242,13 @@ class KeepLast:
     """Keeps the newest `n` checkpoints."""
 
     n: int = 5
+    monitors: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         _check_positive_int("n", self.n)
+
+    def describe(self) -> str:
+        return f"the {self.n} newest"
 
     def wants(self, new: CheckpointInfo, kept: Sequence[CheckpointInfo], start: float) -> bool:
         return True
@@ -182,6 +260,11 @@ class KeepLast:
 @dataclass(frozen=True)
 class KeepAll:
     """Keeps every checkpoint (`TimedCheckpoint(max_to_keep=None)`)."""
+
+    monitors: ClassVar[tuple[str, ...]] = ()
+
+    def describe(self) -> str:
+        return "all"
 
     def wants(self, new: CheckpointInfo, kept: Sequence[CheckpointInfo], start: float) -> bool:
         return True
@@ -211,6 +294,13 @@ class KeepBest:
             raise ValueError(
                 f"`min_delta` must be a finite number. Received: min_delta={self.min_delta!r}"
             )
+
+    @property
+    def monitors(self) -> tuple[str, ...]:
+        return (self.monitor,)
+
+    def describe(self) -> str:
+        return f"the {self.k} best by {self.monitor}"
 
     def score(self, info: CheckpointInfo) -> float:
         """Lower is better; NaN when absent or not finite."""
@@ -242,9 +332,13 @@ class KeepEveryNHours:
     """
 
     h: float
+    monitors: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
         _check_positive_number("h", self.h)
+
+    def describe(self) -> str:
+        return f"one kept per {_duration(self.h)}"
 
     def _preserved(self, kept: Iterable[CheckpointInfo], start: float) -> set[int]:
         anchor, out = start, set()
@@ -266,6 +360,13 @@ class KeepAny:
     """Keeps what any of `policies` keeps; wants what any of them wants."""
 
     policies: tuple[KeepPolicy, ...]
+
+    @property
+    def monitors(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(m for p in self.policies for m in monitors_of(p)))
+
+    def describe(self) -> str:
+        return " or ".join(describe(p) for p in self.policies)
 
     def wants(self, new: CheckpointInfo, kept: Sequence[CheckpointInfo], start: float) -> bool:
         return any(p.wants(new, kept, start) for p in self.policies)

@@ -32,6 +32,10 @@ class _Node(_Trackable):
     def _trackable_children(self, save_type="checkpoint", **kwargs):  # noqa: ANN001
         return self._kc_children
 
+    def adopt(self, name: str, child: _Trackable) -> None:
+        """Makes `child` this proxy's child `name`, as in the model's object graph."""
+        self._kc_children[name] = child
+
 
 class _Leaf(_Node):
     """A proxy for a variable-like trackable: holds its serialised tensors."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -62,3 +63,52 @@ class SetLogs(keras.callbacks.Callback):
 @pytest.fixture
 def data():
     return tiny_data()
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """`loader_helpers.train(directory, epochs=3)`: ckpt-8, -16, -24 of `tiny_model`."""
+
+    directory: object  # a pathlib.Path
+    model: keras.Model
+    per_epoch: list  # the weights after each epoch (index 0: before training)
+    x: np.ndarray
+    y: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> TrainedRun:
+    """One training directory shared by the loader tests: READ ONLY (copy it to damage it).
+
+    Trained once per session instead of once per test module.
+    """
+    from loader_helpers import train  # it imports this module
+
+    directory = tmp_path_factory.mktemp("trained") / "run"
+    model, per_epoch, x, y = train(directory, epochs=3)
+    return TrainedRun(directory, model, per_epoch, x, y)
+
+
+class FakeClock:
+    """A clock that moves only when told (`advance`): time-based policies without sleeping."""
+
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.now = start
+
+    def wall(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock():
+    """Installs a `FakeClock` as the library's clock for one test."""
+    from keras_ckpt import _clock
+
+    with _clock.use(FakeClock()) as clock:
+        yield clock

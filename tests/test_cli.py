@@ -1,11 +1,14 @@
-"""The installed `keras-ckpt` console script, run as a subprocess on a real training directory.
+"""The `keras-ckpt` command line on a real training directory.
 
-Every command starts a Python that imports TensorFlow (seconds each), so the module's
-commands are started together once, in `ran`, and each test reads the result it needs.
+The commands run once per module, in `ran`: in-process through `main([...])` (what the
+console script calls), except `list`, which also runs as the installed console script in a
+subprocess as a smoke test (it imports no TensorFlow, so it starts in a fraction of a second).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import shutil
@@ -40,11 +43,22 @@ def _env() -> dict[str, str]:
 class Ran:
     """A finished command: exit code, stdout, and the lines of stderr that are ours."""
 
-    def __init__(self, proc: subprocess.Popen) -> None:
-        out, err = proc.communicate(timeout=240)
-        self.code, self.out, self.err = proc.returncode, out, err
+    def __init__(self, code: int, out: str, err: str) -> None:
+        self.code, self.out, self.err = code, out, err
         # TensorFlow's C++ start-up lines (CUDA stubs, absl) are not ours.
         self.errors = [line for line in err.splitlines() if line.startswith("keras-ckpt")]
+
+    @classmethod
+    def subprocess(cls, proc: subprocess.Popen) -> Ran:
+        out, err = proc.communicate(timeout=240)
+        return cls(proc.returncode, out, err)
+
+    @classmethod
+    def in_process(cls, argv: list[str]) -> Ran:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(argv)
+        return cls(code, out.getvalue(), err.getvalue())
 
 
 COMMANDS = {
@@ -55,6 +69,7 @@ COMMANDS = {
     "export": ["export", "{run}/best", "{out}/export/1"],
     "list_missing": ["list", "{run}/no-such-dir"],
 }
+SUBPROCESS = {"list", "list_missing"}  # smoke tests of the installed console script
 
 
 @pytest.fixture(scope="module")
@@ -71,17 +86,19 @@ def ran(run, tmp_path_factory) -> dict[str, Ran]:
     data = sorted((out / "damaged").glob("ckpt-*.data-*"))[0]
     sizes = {data.name: data.stat().st_size}
     data.write_bytes(data.read_bytes()[:100])  # a truncated data file
+    argv = {name: [a.format(run=run, out=out) for a in args] for name, args in COMMANDS.items()}
     procs = {
         name: subprocess.Popen(
-            _console_script() + [a.format(run=run, out=out) for a in args],
+            _console_script() + argv[name],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
             env=_env(),
         )
-        for name, args in COMMANDS.items()
+        for name in SUBPROCESS
     }
-    results = {name: Ran(proc) for name, proc in procs.items()}
+    results = {name: Ran.in_process(argv[name]) for name in COMMANDS if name not in SUBPROCESS}
+    results.update((name, Ran.subprocess(proc)) for name, proc in procs.items())
     results["out"] = out  # type: ignore[assignment]
     results["sizes"] = sizes  # type: ignore[assignment]
     return results

@@ -8,15 +8,14 @@ import keras
 import pytest
 import tensorflow as tf
 from conftest import tiny_data, tiny_model
-from loader_helpers import assert_weights, data_file, flip_weight, train, truncate
+from loader_helpers import assert_weights, data_file, flip_weight, truncate
 
 from keras_ckpt import CheckpointNotFoundError, evaluate_checkpoints, restore
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("evaluate") / "run"
-    train(directory, epochs=3)
+def source(trained_run):
+    directory = trained_run.directory
     x, y = tiny_data(48, seed=1)  # held-out data
     return directory, x, y
 

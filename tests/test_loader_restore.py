@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import warnings
 
 import numpy as np
@@ -18,11 +19,9 @@ from keras_ckpt import (
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """Three epochs (ckpt-8, -16, -24) of a tiny model, trained once for this module."""
-    directory = tmp_path_factory.mktemp("restore") / "run"
-    model, per_epoch, x, y = train(directory, epochs=3)
-    return directory, model, per_epoch, x
+def run(trained_run):
+    """Three epochs (ckpt-8, -16, -24) of a tiny model, trained once per session."""
+    return trained_run.directory, trained_run.model, trained_run.per_epoch, trained_run.x
 
 
 def test_restore_into_fresh_model_gives_identical_weights_predictions_and_optimizer(run):
@@ -110,9 +109,10 @@ def test_fine_tuning_restores_body_under_new_head_with_a_warning(tmp_path):
     assert "optimizer state" in messages[1] and "head_kernel" in messages[1]
 
 
-def test_directory_with_damaged_newest_restores_newest_intact_and_warns(tmp_path):
+def test_directory_with_damaged_newest_restores_newest_intact_and_warns(tmp_path, trained_run):
     directory = tmp_path / "run"
-    _, per_epoch, _, _ = train(directory, epochs=3)
+    shutil.copytree(trained_run.directory, directory)
+    per_epoch = trained_run.per_epoch
     truncate(data_file(directory / "ckpt-24"))
     model = tiny_model(seed=5)
 

@@ -8,7 +8,7 @@ import warnings
 import keras
 import pytest
 from conftest import tiny_data, tiny_model
-from loader_helpers import BATCH, N, assert_weights, data_file, flip_byte, train, truncate
+from loader_helpers import BATCH, N, assert_weights, data_file, flip_byte, truncate
 
 from keras_ckpt import RotatingCheckpoint, list_checkpoints, resume
 
@@ -68,11 +68,9 @@ def test_two_epochs_then_resume_for_three_equals_five_uninterrupted(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def three_epochs(tmp_path_factory):
-    """ckpt-8, -16, -24 and the weights after each epoch, trained once for this module."""
-    directory = tmp_path_factory.mktemp("resume") / "run"
-    _, per_epoch, _, _ = train(directory, epochs=3)
-    return directory, per_epoch
+def three_epochs(trained_run):
+    """ckpt-8, -16, -24 and the weights after each epoch, trained once per session."""
+    return trained_run.directory, trained_run.per_epoch
 
 
 @pytest.mark.parametrize("damage", [flip_byte, truncate], ids=["flipped-byte", "truncated"])

@@ -13,7 +13,6 @@ from loader_helpers import (
     data_file,
     flip_byte,
     snapshot_files,
-    train,
     truncate,
 )
 
@@ -29,10 +28,8 @@ from keras_ckpt import (
 
 
 @pytest.fixture(scope="module")
-def source(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("verify") / "run"
-    _, per_epoch, _, _ = train(directory, epochs=3)
-    return directory, per_epoch
+def source(trained_run):
+    return trained_run.directory, trained_run.per_epoch
 
 
 @pytest.fixture

