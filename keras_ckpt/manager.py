@@ -346,7 +346,7 @@ class CheckpointManager:
             self._dir.wait()  # the background unlinking of deleted checkpoints
             self._snapshots.release()  # the host buffers of asynchronous saves
             self._closed = True
-            self._lock.release()
+            self._lock.release(ended=True)  # `.lock` records the run's end (keras_ckpt.watch)
 
     def _lock_active(self) -> bool:
         if self._closed:
