@@ -43,6 +43,7 @@ from keras_ckpt.policies import (
     KeepEveryNHours,
     KeepLast,
 )
+from keras_ckpt.watch import watch
 
 __version__ = "0.1.0"
 
@@ -70,6 +71,7 @@ __all__ = [
     "evaluate_checkpoints",
     "export_weights_h5",
     "verify",
+    "watch",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointMismatchError",

@@ -97,3 +97,16 @@ def evaluate_each(
         if bar is not None:
             bar.update(n, values=[("loss", row["loss"])] if "loss" in row else None)
     return rows
+
+
+def prepare_data(data: Any, batch_size: int | None) -> tuple[Any, Any, Any, int | None]:
+    """`(x, y, sample_weight, batch_size)` for `model.evaluate`, numpy data batched once.
+
+    The same batches `evaluate_each` evaluates on, for callers that evaluate one checkpoint
+    at a time (`keras_ckpt.watch`).
+    """
+    x, y, sample_weight = split_data(data, batch_size)
+    batches = _batched_once(x, y, sample_weight, batch_size)
+    if batches is not None:
+        return batches, None, None, None
+    return x, y, sample_weight, batch_size
