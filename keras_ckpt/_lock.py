@@ -108,7 +108,7 @@ class DirectoryLock:
         _fs.write_atomic(path, text)
 
     def release(self, ended: bool = False) -> None:
-        """Releases the directory; `ended`: the run closed it (recorded in `.lock` for watchers)."""
+        """Releases the directory; `ended`: the run closed it (recorded in `.lock`)."""
         if not self._held:
             return
         self._held = False
