@@ -42,7 +42,8 @@ __all__ = ["watch"]
 
 EVALUATIONS = "evaluations.jsonl"
 BEST = "best"
-_PROGRESS_EVERY = 60.0  # seconds between two "waiting" lines
+_PROGRESS_EVERY = 30.0  # seconds of silence before a "waiting" line
+_WAITING = {"started": "run in progress", "absent": "no run yet"}
 _READ_ERRORS = (CheckpointError, tf.errors.OpError, OSError)
 
 
@@ -215,7 +216,8 @@ class _Watcher:
     # -- the loop -------------------------------------------------------------------------------
 
     def run(self, clock: Callable[[], float], sleep: Callable[[float], None]) -> list[Any]:
-        start = last_new = last_said = clock()
+        start = last_new = clock()
+        last_said: float | None = None  # when a line was last printed (None: never)
         known: set[int] = set()  # every step seen kept in the directory
         try:
             while True:
@@ -235,7 +237,7 @@ class _Watcher:
                 pending = [i for i in kept if i.step not in self.done | self.skipped]
                 if pending:
                     self._evaluate(pending[0])
-                    last_said = None
+                    last_said = clock()
                     continue
                 self._export()
                 if state == "ended" or (state == "absent" and kept):
@@ -247,7 +249,7 @@ class _Watcher:
                     break
                 if last_said is None or clock() - last_said >= _PROGRESS_EVERY:
                     last_said = clock()
-                    what = "running" if state == "started" else "no end recorded"
+                    what = _WAITING.get(state, "no end recorded")
                     self._say(
                         f"waiting for checkpoints in {self.directory} ({what}; "
                         f"{len(self.rows)} evaluated, {clock() - start:.0f} s)..."

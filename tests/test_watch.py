@@ -115,7 +115,7 @@ def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_
     assert sorted(p.name for p in out.iterdir()) == ["best", "evaluations.jsonl"]
 
 
-# -- acceptance 2: rotation faster than the watcher -------------------------------------------------
+# -- acceptance 2: rotation faster than the watcher -----------------------------------------------
 
 
 @pytest.mark.slow
@@ -193,7 +193,7 @@ def test_cli_watch_with_bad_data_exits_2_with_one_line(tmp_path, capsys, arrays,
     assert not (tmp_path / "run").exists() and not (tmp_path / "run-eval").exists()
 
 
-# -- acceptance 4: a killed run is not an ended one ------------------------------------------------
+# -- acceptance 4: a killed run is not an ended one -----------------------------------------------
 
 
 @pytest.mark.slow
@@ -351,16 +351,36 @@ def test_watch_reports_a_missing_monitor_and_bad_arguments(tmp_path):
 
 def test_watch_verbose_prints_a_keras_style_line_per_checkpoint(tmp_path, capsys):
     run = tmp_path / "run"
-    _finished_run(run)
-    (run / ".lock").write_text("host:123")
-    fake = FakeTime()
-    _watch(run, VAL, clock=fake.clock, sleep=fake.sleep, **_opts(timeout=1, verbose=1))
+    fake = FakeTime([lambda: _finished_run(run)])  # no directory yet; a run during the wait
+    rows = _watch(run, VAL, clock=fake.clock, sleep=fake.sleep, **_opts(timeout=40, verbose=1))
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("Watch: ckpt-8 (epoch 1) - ")
-    assert " - loss: " in lines[0] and " - mae: " in lines[0]
-    assert lines[0].endswith("(best loss so far)")
-    assert lines[3].startswith(f"Watch: waiting for checkpoints in {run}")
-    assert lines[-1].startswith("Watch: no new checkpoint for 1 s (timeout); 3 checkpoint(s)")
+    assert lines[0] == f"Watch: waiting for checkpoints in {run} (no run yet; 0 evaluated, 0 s)..."
+    assert lines[1].startswith("Watch: ckpt-8 (epoch 1) - ")
+    first = rows[0]
+    assert lines[1].endswith(
+        f" - loss: {first['loss']:.4f} - mae: {first['mae']:.4f} (best loss so far)"
+    )
+    assert lines[3].startswith("Watch: ckpt-12 (epoch 1) - ")
+    assert lines[4] == (
+        f"Watch: the run in {run} ended; 3 checkpoint(s) evaluated, rows in "
+        f"{run}-eval/evaluations.jsonl"
+    )
+    assert len(lines) == 5
+
+
+def test_watch_says_it_is_waiting_every_30_seconds_until_timeout(tmp_path, capsys):
+    run = tmp_path / "run"
+    _finished_run(run)
+    (run / ".lock").write_text("host:123")  # no end recorded: it waits
+    fake = FakeTime()
+    _watch(run, VAL, clock=fake.clock, sleep=fake.sleep, **_opts(timeout=70, verbose=1))
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines[3:]] == [
+        f"Watch: waiting for checkpoints in {run}",
+        f"Watch: waiting for checkpoints in {run}",
+        "Watch: no new checkpoint for 70 s",
+    ]
+    assert lines[3].endswith("(no end recorded; 3 evaluated, 30 s)...")
 
 
 def test_model_argument_is_used_and_its_weights_put_back(tmp_path):
