@@ -221,7 +221,7 @@ class _Watcher:
         known: set[int] = set()  # every step seen kept in the directory
         try:
             while True:
-                state, _ = run_state(self.directory)  # before listing: see `_ended`
+                state, _ = run_state(self.directory)  # read first: "ended" covers the listing
                 try:
                     kept = _listing.kept(self.directory)
                 except (tf.errors.OpError, OSError) as exc:  # a file went while listed
@@ -333,10 +333,9 @@ class _Watcher:
             values = " - ".join(
                 f"{k}: {_format(v)}" for k, v in row.items() if k not in ("path", "step", "epoch")
             )
-            epoch = f" (epoch {info.epoch})" if info.epoch is not None else ""
             mark = f" (best {self.monitor} so far)" if better else ""
             seconds = time.monotonic() - began
-            say(f"Watch: ckpt-{info.step}{epoch} - {seconds:.1f}s - {values}{mark}")
+            say(f"Watch: ckpt-{info.step} - {seconds:.1f}s - {values}{mark}")
 
     def _rank(self, row: dict[str, Any]) -> bool:
         """Makes `row` the best if it beats it (ties: the newer one); True if it did."""
@@ -374,12 +373,16 @@ class _Watcher:
         token = _fs.temp_name("")[-12:]
         fresh = _fs.join(self.out, f".best.tmp-{token}")
         old = _fs.join(self.out, f".best.old-{token}")
+        tf_logger = tf.get_logger()
+        level = tf_logger.level
+        tf_logger.setLevel(logging.ERROR)  # no "Assets written to" lines per export
         try:
             _export.write_saved_model(self.model, fresh)
             if _fs.exists(target):
                 _fs.rename(target, old)
             _fs.rename(fresh, target)
         finally:
+            tf_logger.setLevel(level)
             _fs.rmtree(fresh)
         _fs.rmtree(old)
         self._say(f"exported ckpt-{step} to {target}")
