@@ -379,13 +379,31 @@ class _Watcher:
         try:
             _export.write_saved_model(self.model, fresh)
             if _fs.exists(target):
-                _fs.rename(target, old)
-            _fs.rename(fresh, target)
+                _move(target, old)
+            _move(fresh, target)
         finally:
             tf_logger.setLevel(level)
             _fs.rmtree(fresh)
         _fs.rmtree(old)
         self._say(f"exported ckpt-{step} to {target}")
+
+
+def _move(src: str, dst: str) -> None:
+    """Renames folder `src` to `dst` (absent): one rename on a local disk, else file by file.
+
+    Object stores and `ram://` have no folders to rename: each file is renamed on its own.
+    """
+    if _fs.is_local(src):
+        _fs.rename(src, dst)
+        return
+    _fs.makedirs(dst)
+    for name in _fs.list_dir(src):
+        path = _fs.join(src, name)
+        if _fs.isdir(path):
+            _move(path, _fs.join(dst, name))
+        else:
+            _fs.rename(path, _fs.join(dst, name))
+    _fs.rmtree(src)
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -413,7 +431,7 @@ def _recover(out: str) -> None:
     """Puts `OUT/best` back after a watcher was killed between its two renames; drops temps."""
     olds = [n for n in _fs.list_dir(out) if n.startswith(".best.old-")]
     if olds and not _fs.exists(_fs.join(out, BEST)):
-        _fs.rename(_fs.join(out, olds[0]), _fs.join(out, BEST))
+        _move(_fs.join(out, olds[0]), _fs.join(out, BEST))
     for name in _fs.list_dir(out):
         if name.startswith((".best.tmp-", ".best.old-")):
             _fs.rmtree(_fs.join(out, name))

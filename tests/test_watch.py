@@ -278,13 +278,32 @@ def test_watch_on_ram_fs_follows_a_run_until_its_manager_closes():
         lambda: managers[-1].close(),  # run ended
     ]
     fake = FakeTime(actions)
-    rows = _watch(run, VAL, clock=fake.clock, sleep=fake.sleep, **_opts(timeout=100))
+    options = _opts(timeout=100, export_best=True)
+    rows = _watch(run, VAL, clock=fake.clock, sleep=fake.sleep, **options)
     assert [r["step"] for r in rows] == [1, 2]
     assert fake.sleeps == 4  # returned at the first poll after the close, long before timeout
     lines = tf.io.gfile.GFile("ram://watch-live/run-eval/evaluations.jsonl").read()
     assert [json.loads(line) for line in lines.splitlines()] == rows
     reference = evaluate_checkpoints(run, VAL)
     assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference], abs=1e-5)
+    _assert_best_exported("ram://watch-live/run-eval/best", rows)
+    assert tf.io.gfile.listdir("ram://watch-live/run-eval") == ["best", "evaluations.jsonl"]
+
+
+def _assert_best_exported(best_dir, rows) -> None:
+    best = min(reversed(rows), key=lambda r: r["loss"])  # ties: the newer
+    exported = load_saved_model(best_dir).predict(VAL[0], verbose=0)
+    expected = load_model(best["path"]).predict(VAL[0], verbose=0)
+    np.testing.assert_allclose(exported, expected, atol=1e-6)
+
+
+def test_a_restarted_watcher_exports_the_best_row_of_its_file(tmp_path):
+    run = tmp_path / "run"
+    _finished_run(run)
+    first = keras_ckpt.watch(run, VAL, timeout=5, verbose=0)
+    assert not (tmp_path / "run-eval" / "best").exists()
+    assert keras_ckpt.watch(run, VAL, timeout=5, export_best=True, verbose=0) == []
+    _assert_best_exported(tmp_path / "run-eval" / "best", first)
 
 
 @pytest.mark.filterwarnings("ignore:.*did not resume")
