@@ -43,6 +43,7 @@ __all__ = ["watch"]
 EVALUATIONS = "evaluations.jsonl"
 BEST = "best"
 _PROGRESS_EVERY = 30.0  # seconds of silence before a "waiting" line
+_LISTING_TRIES = 5  # a listing failing this often in a row is not a race with a deletion
 _WAITING = {"started": "run in progress", "absent": "no run yet"}
 _READ_ERRORS = (CheckpointError, tf.errors.OpError, OSError)
 
@@ -219,12 +220,17 @@ class _Watcher:
         start = last_new = clock()
         last_said: float | None = None  # when a line was last printed (None: never)
         known: set[int] = set()  # every step seen kept in the directory
+        failures = 0  # listings in a row that failed
         try:
             while True:
                 state, _ = run_state(self.directory)  # read first: "ended" covers the listing
                 try:
                     kept = _listing.kept(self.directory)
+                    failures = 0
                 except (tf.errors.OpError, OSError) as exc:  # a file went while listed
+                    failures += 1
+                    if failures >= _LISTING_TRIES:  # not a race: unreadable
+                        raise
                     logger.debug("watch: listing %s again (%s)", self.directory, exc)
                     sleep(min(self.poll_seconds, 0.05))
                     continue
@@ -356,7 +362,6 @@ class _Watcher:
             return
         self.export_due = False
         target = _fs.join(self.out, BEST)
-        _recover(self.out)
         step = self.best[1]["step"]
         if self.best_weights is None:  # a restarted watcher: the best row of the file
             path = self.best[1]["path"]
@@ -370,40 +375,14 @@ class _Watcher:
         else:
             self.model.set_weights(self.best_weights)
             self.best_weights = None
-        token = _fs.temp_name("")[-12:]
-        fresh = _fs.join(self.out, f".best.tmp-{token}")
-        old = _fs.join(self.out, f".best.old-{token}")
         tf_logger = tf.get_logger()
         level = tf_logger.level
         tf_logger.setLevel(logging.ERROR)  # no "Assets written to" lines per export
         try:
-            _export.write_saved_model(self.model, fresh)
-            if _fs.exists(target):
-                _move(target, old)
-            _move(fresh, target)
+            _export.replace_saved_model(self.model, target)
         finally:
             tf_logger.setLevel(level)
-            _fs.rmtree(fresh)
-        _fs.rmtree(old)
         self._say(f"exported ckpt-{step} to {target}")
-
-
-def _move(src: str, dst: str) -> None:
-    """Renames folder `src` to `dst` (absent): one rename on a local disk, else file by file.
-
-    Object stores and `ram://` have no folders to rename: each file is renamed on its own.
-    """
-    if _fs.is_local(src):
-        _fs.rename(src, dst)
-        return
-    _fs.makedirs(dst)
-    for name in _fs.list_dir(src):
-        path = _fs.join(src, name)
-        if _fs.isdir(path):
-            _move(path, _fs.join(dst, name))
-        else:
-            _fs.rename(path, _fs.join(dst, name))
-    _fs.rmtree(src)
 
 
 def _inside(path: str, directory: str) -> bool:
@@ -425,13 +404,3 @@ def _read_rows(log: str) -> list[dict[str, Any]]:
         if isinstance(row, dict) and isinstance(row.get("step"), int):
             rows.append(row)
     return rows
-
-
-def _recover(out: str) -> None:
-    """Puts `OUT/best` back after a watcher was killed between its two renames; drops temps."""
-    olds = [n for n in _fs.list_dir(out) if n.startswith(".best.old-")]
-    if olds and not _fs.exists(_fs.join(out, BEST)):
-        _move(_fs.join(out, olds[0]), _fs.join(out, BEST))
-    for name in _fs.list_dir(out):
-        if name.startswith((".best.tmp-", ".best.old-")):
-            _fs.rmtree(_fs.join(out, name))

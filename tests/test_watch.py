@@ -89,14 +89,17 @@ def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_
     began = time.monotonic()
     try:
         rows = keras_ckpt.watch(
-            run, VAL, export_best=True, poll_seconds=0.2, timeout=60, verbose=0
+            run, VAL, export_best=True, poll_seconds=0.2, timeout=120, verbose=0
         )
+        returned = time.time()
     finally:
         trainer.wait(timeout=120)
     elapsed = time.monotonic() - began
     assert trainer.returncode == 0
     assert run_state(str(run))[0] == "ended"
-    assert elapsed < 60  # it ended with the run, not by its timeout
+    ended_at = float((run / ".lock").read_text().splitlines()[1].split()[-1])
+    assert 0 <= returned - ended_at < 10  # it ended with the run, not by its timeout
+    assert elapsed < 60
 
     assert [r["step"] for r in rows] == list(range(2, 25, 2))  # one row per checkpoint
     assert [r["step"] for r in rows] == [i.step for i in list_checkpoints(run)]
@@ -412,3 +415,16 @@ def test_model_argument_is_used_and_its_weights_put_back(tmp_path):
     rows = keras_ckpt.watch(run, VAL, model=model, timeout=1, verbose=0)
     assert [r["step"] for r in rows] == [8, 10, 12] and "mse" in rows[0]
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+
+
+def test_best_export_replaces_the_old_one_and_repairs_a_replacement_killed_midway(tmp_path):
+    from keras_ckpt._export import replace_saved_model, write_saved_model
+
+    first, second = tiny_model(seed=1), tiny_model(seed=2)
+    out = tmp_path / "eval"
+    write_saved_model(first, str(out / ".best.old-0123456789ab"))  # killed between renames
+    (out / ".best.tmp-ba9876543210").mkdir()  # killed while exporting
+    replace_saved_model(second, str(out / "best"))
+    assert sorted(p.name for p in out.iterdir()) == ["best"]
+    predicted = load_saved_model(out / "best").predict(VAL[0], verbose=0)
+    np.testing.assert_allclose(predicted, second.predict(VAL[0], verbose=0), atol=1e-6)
