@@ -11,8 +11,9 @@ to its own output directory::
 
 The model is built once and each checkpoint restored into it, as `evaluate_checkpoints` does.
 With `export_best` the weights of the best row are kept in memory when it is evaluated, so
-the export still works after the training run rotated that checkpoint away; the export runs
-when no checkpoint waits to be evaluated, so a slow export never makes the watcher miss one.
+the export still works after the training run rotated that checkpoint away. Evaluations come
+first: the export runs when no checkpoint waits to be evaluated (a second or so for a small
+model, during which a fast rotation may delete checkpoints the watcher has not seen).
 """
 
 from __future__ import annotations
@@ -208,7 +209,9 @@ class _Watcher:
         self.skipped: set[int] = set()
         self.best: tuple[float, dict[str, Any]] | None = None  # (score, row)
         self.best_weights: list[Any] | None = None  # of `best`, while its export is due
-        for row in _read_rows(self.log):
+        text = _fs.read_text(self.log) if _fs.exists(self.log) else ""
+        self.torn = bool(text) and not text.endswith("\n")  # a watcher killed mid-line
+        for row in _read_rows(text):
             self.done.add(row["step"])
             self._rank(row)
         best_file = _fs.join(self.out, BEST, "saved_model.pb")
@@ -328,7 +331,9 @@ class _Watcher:
                 f"`data` ({metrics}). Pass one of them as `monitor`."
             )
         _fs.makedirs(self.out)
-        _fs.append_text(self.log, json.dumps(row, sort_keys=False) + "\n")
+        line = json.dumps(row) + "\n"
+        _fs.append_text(self.log, "\n" + line if self.torn else line)
+        self.torn = False
         self.done.add(info.step)
         self.rows.append(row)
         better = self._rank(row)
@@ -391,12 +396,10 @@ def _inside(path: str, directory: str) -> bool:
     return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
 
 
-def _read_rows(log: str) -> list[dict[str, Any]]:
-    """The rows of an earlier watcher's `evaluations.jsonl` (a torn last line is ignored)."""
-    if not _fs.exists(log):
-        return []
+def _read_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of an earlier watcher's `evaluations.jsonl` (a torn line is ignored)."""
     rows = []
-    for line in _fs.read_text(log).splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except ValueError:

@@ -428,3 +428,16 @@ def test_best_export_replaces_the_old_one_and_repairs_a_replacement_killed_midwa
     assert sorted(p.name for p in out.iterdir()) == ["best"]
     predicted = load_saved_model(out / "best").predict(VAL[0], verbose=0)
     np.testing.assert_allclose(predicted, second.predict(VAL[0], verbose=0), atol=1e-6)
+
+
+def test_a_watcher_killed_mid_line_leaves_a_file_the_next_one_completes(tmp_path):
+    run, log = tmp_path / "run", tmp_path / "run-eval" / "evaluations.jsonl"
+    _finished_run(run)
+    rows = keras_ckpt.watch(run, VAL, timeout=5, verbose=0)
+    lines = log.read_text().splitlines()
+    log.write_text(lines[0] + "\n" + lines[1][:20])  # killed while writing the second row
+    again = keras_ckpt.watch(run, VAL, timeout=5, verbose=0)
+    assert [r["step"] for r in again] == [10, 12]
+    kept_line, torn, *added = log.read_text().splitlines()
+    assert json.loads(kept_line) == rows[0] and torn == lines[1][:20]
+    assert [json.loads(line) for line in added] == again
