@@ -441,3 +441,15 @@ def test_a_watcher_killed_mid_line_leaves_a_file_the_next_one_completes(tmp_path
     kept_line, torn, *added = log.read_text().splitlines()
     assert json.loads(kept_line) == rows[0] and torn == lines[1][:20]
     assert [json.loads(line) for line in added] == again
+
+
+def test_watch_evaluates_a_dataset_as_evaluate_checkpoints_does(tmp_path):
+    run = tmp_path / "run"
+    _finished_run(run)
+    dataset = tf.data.Dataset.from_tensor_slices(VAL).batch(5)
+    rows = keras_ckpt.watch(run, dataset, timeout=5, verbose=0)
+    reference = evaluate_checkpoints(run, dataset)
+    assert [r["step"] for r in rows] == [r["step"] for r in reference] == [8, 10, 12]
+    assert [r["loss"] for r in rows] == pytest.approx([r["loss"] for r in reference], abs=1e-6)
+    with pytest.raises(ValueError, match="batch_size"):
+        keras_ckpt.watch(run, dataset, batch_size=4)
