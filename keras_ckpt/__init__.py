@@ -30,6 +30,7 @@ from keras_ckpt.policies import (
     KeepEveryNHours,
     KeepLast,
 )
+from keras_ckpt.watch import watch
 
 if TYPE_CHECKING:
     from keras_ckpt.callbacks import (
@@ -119,6 +120,7 @@ __all__ = [
     "evaluate_checkpoints",
     "export_weights_h5",
     "verify",
+    "watch",
     "CheckpointError",
     "CheckpointNotFoundError",
     "CheckpointMismatchError",

@@ -123,8 +123,7 @@ def evaluate_directory(
         )
     if not kept:
         return []
-    graph = _graph.imported(model)
-    original = None if model is None else (graph.values() if graph else model.get_weights())
+    original = None if model is None else _graph.get_weights(model)
     if model is None:
         model = _graph_import.build_model(path)
     if not getattr(model, "compiled", False):
@@ -143,7 +142,18 @@ def evaluate_directory(
     try:
         return evaluate_each(model, kept, data, batch_size, verbose, stacklevel=4)
     finally:
-        if graph is not None:
-            graph.assign(original)
-        elif original is not None:
-            model.set_weights(original)
+        if original is not None:
+            _graph.set_weights(model, original)
+
+
+def prepare_data(data: Any, batch_size: int | None) -> tuple[Any, Any, Any, int | None]:
+    """`(x, y, sample_weight, batch_size)` for `model.evaluate`, numpy data batched once.
+
+    The same batches `evaluate_each` evaluates on, for callers that evaluate one checkpoint
+    at a time (`keras_ckpt.watch`).
+    """
+    x, y, sample_weight = split_data(data, batch_size)
+    batches = _batched_once(x, y, sample_weight, batch_size)
+    if batches is not None:
+        return batches, None, None, None
+    return x, y, sample_weight, batch_size

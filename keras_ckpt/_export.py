@@ -73,3 +73,55 @@ def write_weights_h5(model: Any, path: str) -> str:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
     return path
+
+
+def replace_saved_model(model: Any, export_dir: str) -> str:
+    """Exports `model` to `export_dir`, replacing the SavedModel there (`keras_ckpt.watch`).
+
+    The new one is written completely under a temporary name beside `export_dir`, then the
+    old one is renamed away and the new one renamed in: a reader finds the old or the new
+    model, never a mix (on a local disk two renames; elsewhere file by file). Leftovers of a
+    replacement killed midway are put right first.
+    """
+    parent, base = _fs.dirname(export_dir), _fs.basename(export_dir)
+    _recover(parent, base)
+    token = _fs.temp_name("")[-12:]
+    fresh = _fs.join(parent, f".{base}.tmp-{token}")
+    old = _fs.join(parent, f".{base}.old-{token}")
+    try:
+        write_saved_model(model, fresh)
+        if _fs.exists(export_dir):
+            _move(export_dir, old)
+        _move(fresh, export_dir)
+    finally:
+        _fs.rmtree(fresh)
+    _fs.rmtree(old)
+    return export_dir
+
+
+def _move(src: str, dst: str) -> None:
+    """Renames folder `src` to `dst` (absent): one rename on a local disk, else file by file.
+
+    Object stores and `ram://` have no folders to rename: each file is renamed on its own.
+    """
+    if _fs.is_local(src):
+        _fs.rename(src, dst)
+        return
+    _fs.makedirs(dst)
+    for name in _fs.list_dir(src):
+        path = _fs.join(src, name)
+        if _fs.isdir(path):
+            _move(path, _fs.join(dst, name))
+        else:
+            _fs.rename(path, _fs.join(dst, name))
+    _fs.rmtree(src)
+
+
+def _recover(parent: str, base: str) -> None:
+    """Puts `base` back if a replacement was killed between its renames; drops temporaries."""
+    olds = [n for n in _fs.list_dir(parent) if n.startswith(f".{base}.old-")]
+    if olds and not _fs.exists(_fs.join(parent, base)):
+        _move(_fs.join(parent, olds[0]), _fs.join(parent, base))
+    for name in _fs.list_dir(parent):
+        if name.startswith((f".{base}.tmp-", f".{base}.old-")):
+            _fs.rmtree(_fs.join(parent, name))

@@ -374,3 +374,18 @@ def imported(model: Any) -> ImportedGraph | None:
             "export_dir) (an export_saved_model directory) and restore into that model."
         )
     return None
+
+
+def get_weights(model: Any) -> list[Any]:
+    """The values of `model`'s weights: a rebuilt model's, or an imported graph's variables."""
+    graph = imported(model)
+    return graph.values() if graph is not None else model.get_weights()
+
+
+def set_weights(model: Any, values: list[Any]) -> None:
+    """Puts back values from `get_weights` (into a rebuilt model or an imported graph)."""
+    graph = imported(model)
+    if graph is not None:
+        graph.assign(values)
+    else:
+        model.set_weights(values)

@@ -6,6 +6,13 @@ the callback of a notebook cell that failed still holds its directory when the c
 again. In one thread two fits cannot run at once (short of a fit nested in a callback), so a
 new fit there means the old one is gone; fits on other threads, managers outside `fit` and
 other processes still get `DirectoryLockedError`.
+
+The `.lock` file also records the run (for `keras_ckpt.watch` on any machine): its first line
+names the holder (`host:pid`), its second the run, `run <token> started <time>` while a
+writer has the directory open, rewritten to `run <token> ended <time>` when the writer closes
+it. A killed run never rewrites it, so it still says `started` (a watcher cannot check a pid on
+another machine, nor take the lock: it must not lock anything); a new run writes a new token.
+Elsewhere than on a local disk `.lock` is removed at the end instead (`run_state`: "absent").
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 import socket
 import threading
+import time
+import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,9 +35,10 @@ from keras_ckpt.errors import DirectoryLockedError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["LOCK", "Claim", "DirectoryLock", "claiming"]
+__all__ = ["LOCK", "Claim", "DirectoryLock", "claiming", "run_state"]
 
 LOCK = ".lock"
+_RUN_RE = re.compile(r"^run ([0-9a-f]+) (started|ended) ")
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +89,7 @@ class DirectoryLock:
         self._fd: int | None = None
         self._held = False
         self._claim: Claim | None = None
+        self._run = ""  # this holder's run token, in `.lock` while held
 
     def acquire(self) -> None:
         """Takes the directory (under the current `claiming` claim, if any).
@@ -115,6 +127,8 @@ class DirectoryLock:
     def _acquire_file(self) -> None:
         path = _fs.join(self.directory, LOCK)
         me = f"{socket.gethostname()}:{os.getpid()}"
+        self._run = uuid.uuid4().hex[:12]
+        text = _lock_text(me, self._run, "started")
         if _fs.is_local(self.directory):
             import fcntl
 
@@ -132,11 +146,11 @@ class DirectoryLock:
                     reason="held by another process",
                 ) from None
             os.ftruncate(fd, 0)
-            os.write(fd, me.encode())
+            os.write(fd, text.encode())
             self._fd = fd
             return
         if _fs.exists(path):
-            owner = _fs.read_text(path).strip()
+            owner = (_fs.read_text(path).strip().splitlines() or [""])[0]
             host, _, pid = owner.partition(":")
             if owner != me and host == socket.gethostname() and _pid_alive(pid):
                 raise DirectoryLockedError(
@@ -148,9 +162,10 @@ class DirectoryLock:
                 )
             if owner != me and host != socket.gethostname():
                 logger.warning("Taking over %s, left by %s", path, owner)
-        _fs.write_atomic(path, me)
+        _fs.write_atomic(path, text)
 
-    def release(self) -> None:
+    def release(self, ended: bool = False) -> None:
+        """Releases the directory; `ended`: the run closed it (recorded in `.lock`)."""
         if not self._held:
             return
         self._held = False
@@ -160,6 +175,10 @@ class DirectoryLock:
             if ref is not None and ref() is self:
                 del _HOLDERS[key]
         if self._fd is not None:
+            if ended:  # still under the flock: no new run can have written it meanwhile
+                me = f"{socket.gethostname()}:{os.getpid()}"
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, _lock_text(me, self._run, "ended").encode(), 0)
             os.close(self._fd)  # closing releases the flock
             self._fd = None
         elif not _fs.is_local(self.directory):
@@ -168,6 +187,29 @@ class DirectoryLock:
     @property
     def held(self) -> bool:
         return self._held
+
+
+def _lock_text(holder: str, run: str, state: str) -> str:
+    return f"{holder}\nrun {run} {state} {time.time():.3f}\n"
+
+
+def run_state(directory: str) -> tuple[str, str]:
+    """What `.lock` of `directory` says about its run: `(state, token)` (read only).
+
+    `state` is `"started"` (a writer opened it and has not closed it: running, or killed),
+    `"ended"` (closed), `"absent"` (no `.lock`: never opened, or closed elsewhere than on a
+    local disk) or `"unknown"` (a `.lock` of an older keras_ckpt, or one being rewritten).
+    """
+    path = _fs.join(directory, LOCK)
+    try:
+        text = _fs.read_text(path)
+    except Exception:  # missing (or vanishing) lock file
+        return ("absent", "") if not _fs.exists(path) else ("unknown", "")
+    for line in text.splitlines()[1:2]:
+        match = _RUN_RE.match(line)
+        if match:
+            return match.group(2), match.group(1)
+    return "unknown", ""
 
 
 def _pid_alive(pid: str) -> bool:

@@ -1,4 +1,4 @@
-"""The `keras-ckpt` command line: list, inspect, verify, export and plot checkpoints.
+"""The `keras-ckpt` command line: list, inspect, verify, export, plot and watch checkpoints.
 
 Exit codes: 0 done; 1 a checkpoint problem (verify found damage, no checkpoint where one was
 expected, an unreadable file, a failed export); 2 a wrong argument or a path that does not
@@ -144,6 +144,48 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch(args: argparse.Namespace) -> int:
+    import io
+
+    import numpy as np
+
+    from keras_ckpt.watch import watch
+
+    directory = _fs.fspath(args.directory)
+    if _fs.exists(directory) and not _fs.isdir(directory):
+        raise _Exit(f"{directory} is a file, not a checkpoint directory", 2)
+    path = _fs.fspath(args.data)
+    if not _fs.exists(path) or _fs.isdir(path):
+        raise _Exit(f"--data: no such file: {path} (an .npz with arrays `x` and `y`)", 2)
+    try:
+        with np.load(io.BytesIO(_fs.read_bytes(path)), allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+    except (OSError, ValueError) as exc:
+        raise _Exit(f"--data: {path} is not a readable .npz file ({exc})", 2) from None
+    missing = [name for name in ("x", "y") if name not in arrays]
+    if missing:
+        raise _Exit(
+            f"--data: {path} has no array {' or '.join(map(repr, missing))} (it has: "
+            f"{', '.join(sorted(arrays)) or 'none'}); save it with np.savez(FILE, x=..., y=...)",
+            2,
+        )
+    _quiet_tensorflow()
+    try:
+        watch(
+            directory,
+            (arrays["x"], arrays["y"]),
+            monitor=args.monitor,
+            mode=args.mode,
+            output=args.output,
+            export_best=args.export_best,
+            timeout=args.timeout,
+            poll_seconds=args.poll,
+        )
+    except ValueError as exc:  # an uncompiled model.json, an --output inside DIR, ...
+        raise _Exit(str(exc), 2) from None
+    return 0
+
+
 def _quiet_tensorflow() -> None:
     """TensorFlow logs INFO lines while exporting; a command prints only its own."""
     import tensorflow as tf
@@ -251,6 +293,47 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_argument("--dpi", type=int, default=100, help="image resolution (default: 100)")
     ranking(sub)
     sub.set_defaults(run=_plot)
+
+    sub = command(
+        "watch",
+        "Evaluate every checkpoint of DIR as a training run writes it (a sidecar evaluator): "
+        "one row per checkpoint in OUT/evaluations.jsonl; stops when the run ends.",
+        f"{PROG} watch runs/last --data val.npz --export-best --timeout 600",
+    )
+    sub.add_argument("directory", metavar="DIR", help="the training run's checkpoint directory")
+    sub.add_argument(
+        "--data", required=True, metavar="FILE.npz", help="held-out data: arrays `x` and `y`"
+    )
+    sub.add_argument(
+        "--monitor",
+        default="loss",
+        metavar="METRIC",
+        help="the metric ranking the rows, for --export-best (default: loss)",
+    )
+    sub.add_argument(
+        "--mode",
+        choices=("auto", "min", "max"),
+        default="auto",
+        help="whether lower or higher METRIC is better (default: auto, as BestCheckpoint)",
+    )
+    sub.add_argument("--output", metavar="OUT", help="where the rows go (default: DIR-eval)")
+    sub.add_argument(
+        "--export-best", action="store_true", help="export the best checkpoint to OUT/best/"
+    )
+    sub.add_argument(
+        "--timeout",
+        type=float,
+        metavar="S",
+        help="stop after S seconds without a new checkpoint (default: when the run ends)",
+    )
+    sub.add_argument(
+        "--poll",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="seconds between two looks at DIR (default: 10)",
+    )
+    sub.set_defaults(run=_watch)
     return parser
 
 

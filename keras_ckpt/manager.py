@@ -435,7 +435,8 @@ class CheckpointManager:
             self._dir.wait()  # the background unlinking of deleted checkpoints
             self._snapshots.release()  # the host buffers of asynchronous saves
             self._closed = True
-            self._lock.release()
+            # a preempted run is relaunched: `.lock` keeps saying `started` (keras_ckpt.watch)
+            self._lock.release(ended=not self._preemption.preempted)
             self._preemption.stop()  # the previous SIGTERM handler is back
 
     @property
