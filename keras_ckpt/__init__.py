@@ -30,9 +30,9 @@ from keras_ckpt.policies import (
     KeepEveryNHours,
     KeepLast,
 )
-from keras_ckpt.watch import watch
 
 if TYPE_CHECKING:
+    from keras_ckpt._watch import watch
     from keras_ckpt.callbacks import (
         BestCheckpoint,
         CheckpointCallback,
@@ -77,9 +77,10 @@ _LAZY = {
         "verify",
     ),
     "keras_ckpt.manager": ("CheckpointManager",),
+    "keras_ckpt._watch": ("watch",),
 }
 _HOME = {name: module for module, names in _LAZY.items() for name in names}
-_SUBMODULES = {"callbacks", "loader", "manager", "cli", "plot", "directory", "watch"}
+_SUBMODULES = {"callbacks", "loader", "manager", "cli", "plot", "directory"}
 
 
 def __getattr__(name: str) -> Any:

@@ -149,7 +149,7 @@ def _watch(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from keras_ckpt.watch import watch
+    from keras_ckpt._watch import watch
 
     directory = _fs.fspath(args.directory)
     if _fs.exists(directory) and not _fs.isdir(directory):

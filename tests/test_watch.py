@@ -37,7 +37,7 @@ from keras_ckpt import (
     verify,
 )
 from keras_ckpt._lock import run_state
-from keras_ckpt.watch import _watch
+from keras_ckpt._watch import _watch
 
 TRAINER = str(Path(__file__).with_name("_watch_trainer.py"))
 VAL = tiny_data(16, seed=1)  # held-out data (the trainer trains on tiny_data(48, seed=0))

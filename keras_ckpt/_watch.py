@@ -30,8 +30,8 @@ from typing import Any
 import tensorflow as tf
 
 from keras_ckpt import _evaluate, _export, _fs, _graph, _graph_import, _listing, _model_json
-from keras_ckpt._io import say
 from keras_ckpt._lock import run_state
+from keras_ckpt._messages import say
 from keras_ckpt._restore import restore_into
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
