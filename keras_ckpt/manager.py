@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _assets, _dist, _fs, _graph, _messages, _model_json
+from keras_ckpt import _dist, _fs, _messages
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
 from keras_ckpt._preemption import PreemptionWatch
+from keras_ckpt._record import SaveRecord, write_and_discard
 from keras_ckpt._snapshot import Snapshotter
-from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
 from keras_ckpt.errors import CheckpointError
 from keras_ckpt.errors import short_reason as _describe
 from keras_ckpt.info import CheckpointInfo, clean_metrics
 from keras_ckpt.policies import KeepLast, KeepPolicy, as_policies
-from keras_ckpt.writer import AsyncWriter, SyncWriter, take_snapshot
+from keras_ckpt.writer import AsyncWriter, SyncWriter
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +98,9 @@ class CheckpointManager:
         )
         self._writer = AsyncWriter() if async_save else SyncWriter()
         self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
-        self._untracked = UntrackedState(model)  # SeedGenerator states, for `resume`
+        self._record = SaveRecord(self._dir, model, self.save_optimizer, self.save_graph)
         self._lock = DirectoryLock(self.directory, self)
         self._closed = False
-        self._model_json_written = False
-        self._graph_written = False
         self._strategy = _dist.multi_worker_strategy(model)
         self.is_chief = _dist.is_chief(self._strategy)
         self._saved_since_log: list[int] = []
@@ -237,14 +233,14 @@ class CheckpointManager:
         planner.pinned = info.step if forced else None
         if not self.is_chief:
             planner.kept = kept
-            self._write_elsewhere()
+            write_and_discard(self.model, self.save_optimizer)
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
         self._raise_background_error()
         background = self.async_save and not forced  # a preemption save is done on return
         snapshot = self._snapshots.take(copy=background)
         try:
-            extra = {**(extra or {}), **self._record_extra()}
+            extra = {**(extra or {}), **self._record.fields(planner.offset or 0)}
         except Exception as exc:
             raise self._save_failed(info, exc) from exc
         if forced:
@@ -329,42 +325,6 @@ class CheckpointManager:
             f"{self.directory} are intact and nothing of this save remains; free space or "
             "fix the path, then save again."
         )
-
-    def _record_extra(self) -> dict[str, Any]:
-        optimizer = getattr(self.model, "optimizer", None)
-        iterations = getattr(optimizer, "iterations", None)
-        extra: dict[str, Any] = {
-            "with_optimizer": bool(self.save_optimizer and optimizer is not None),
-            "optimizer_step": None if iterations is None else int(iterations.numpy()),
-            "step_offset": self._planner.offset or 0,
-        }
-        untracked = self._untracked.record()
-        if untracked:
-            extra[RECORD_KEY] = untracked
-        if not self._model_json_written:
-            text = None
-            to_json = getattr(self.model, "to_json", None)
-            try:  # model.to_json(), recording a mixed-precision LossScaleOptimizer too
-                text = _model_json.model_json_text(self.model) if to_json is not None else None
-            except Exception as exc:  # subclassed models without get_config
-                logger.info("model.json not written for %s: %s", self.directory, exc)
-            if text is not None:
-                self._dir.write_model_json(text)  # a write error fails this save
-            _assets.write_once(self.directory, self.model)  # lookup vocabularies, as model.json
-            self._model_json_written = True
-        if self.save_graph and not self._graph_written:
-            _graph.write_graph(self.directory, self.model)  # kept if graph/ already exists
-            self._graph_written = True
-        return extra
-
-    def _write_elsewhere(self) -> None:
-        """A non-chief worker: take part in the collective reads, keep nothing."""
-        snapshot = take_snapshot(self.model, save_optimizer=self.save_optimizer)
-        scratch = tempfile.mkdtemp(prefix="keras_ckpt-worker-")
-        try:
-            snapshot.write(os.path.join(scratch, "ckpt"))
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
 
     def log_epoch(self, epoch: int, logs: dict[str, Any] | None) -> None:
         """Appends one line of epoch logs to `history.jsonl` (chief only).
