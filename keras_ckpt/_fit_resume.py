@@ -18,13 +18,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from keras_ckpt import _fs
-from keras_ckpt._listing import newer_damaged
 from keras_ckpt._messages import say
-from keras_ckpt._reader import describe
-from keras_ckpt._restore import restore_into
-from keras_ckpt.directory import scan
-from keras_ckpt.errors import CheckpointCorruptError
+from keras_ckpt._restore import restore_newest
 from keras_ckpt.info import CheckpointInfo
 
 __all__ = ["POSITION_KEY", "Position", "Resumption"]
@@ -120,10 +115,10 @@ class Resumption:
             ValueError: another callback of this `fit` has `resume=True` too.
         """
         self._claim()
-        found = _restore_newest(self.model, self.owner.directory)
+        found = restore_newest(self.model, self.owner.directory, who="resume=True", stacklevel=5)
         if found is None:
             return None
-        info, position = found
+        info, position = found[0], Position.of(*found)
         self.position = position
         self.model._initial_epoch = position.epochs  # read by fit() after on_train_begin
         if position.batches:
@@ -182,45 +177,3 @@ class Resumption:
             self._skipper = SkipBatches(self.model, calls, per_call)
             self.model.train_function = self._skipper
             self._skip_through = calls * per_call - 1
-
-
-def _restore_newest(model: Any, directory: str) -> tuple[CheckpointInfo, Position] | None:
-    """Restores the newest intact checkpoint of `directory` (warning past damaged ones)."""
-    if not _fs.isdir(directory):
-        return None
-    found = scan(directory)
-    kept = found.kept
-    skipped = newer_damaged(directory, kept[-1].step if kept else -1)
-    if skipped:
-        warnings.warn(
-            f"resume=True: the newest checkpoint(s) in {directory} are damaged and were "
-            "skipped ("
-            + "; ".join(f"{n}: {why}" for n, why in sorted(skipped.items()))
-            + "). Falling back to the newest intact one.",
-            stacklevel=5,
-        )
-    for info in reversed(kept):
-        try:
-            optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=6)
-        except CheckpointCorruptError as exc:
-            warnings.warn(
-                f"resume=True: {info.path} is damaged and was skipped "
-                f"({describe(info.path, exc)}). Falling back to an older checkpoint.",
-                stacklevel=5,
-            )
-            continue
-        if not optimizer_restored:
-            warnings.warn(
-                f"resume=True: {info.path} holds no usable optimizer state (saved with "
-                "save_optimizer=False, or another optimizer); training continues with a "
-                "fresh optimizer and will not match an uninterrupted run exactly.",
-                stacklevel=5,
-            )
-        return info, Position.of(info, found.records.get(info.step, {}))
-    if kept or skipped:
-        warnings.warn(
-            f"resume=True: no intact checkpoint in {directory}; training starts from scratch. "
-            f"Run `keras-ckpt verify {directory}` to see what is damaged.",
-            stacklevel=5,
-        )
-    return None

@@ -12,7 +12,7 @@ import warnings
 
 from keras_ckpt import _fs
 from keras_ckpt._messages import damaged_list
-from keras_ckpt.directory import STATE, parse_state, scan
+from keras_ckpt.directory import STATE, Scan, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo, from_json, step_of
 
@@ -43,19 +43,23 @@ def foreign(directory: str) -> list[CheckpointInfo]:
     return sorted(out, key=lambda i: i.step)
 
 
-def kept(directory: str) -> list[CheckpointInfo]:
-    """The kept, complete checkpoints of `directory`, oldest first (`[]` if it is missing)."""
-    if not _fs.isdir(directory):
-        return []
-    found = scan(directory)
+def kept(directory: str, found: Scan | None = None) -> list[CheckpointInfo]:
+    """The kept, complete checkpoints of `directory`, oldest first (`[]` if it is missing).
+
+    `found`: the directory's `scan`, if the caller has it already (no second listing).
+    """
+    if found is None:
+        if not _fs.isdir(directory):
+            return []
+        found = scan(directory)
     if found.kept or found.damaged or found.partial:
         return found.kept
     return foreign(directory)
 
 
-def newer_damaged(directory: str, step: int) -> dict[str, str]:
+def newer_damaged(directory: str, step: int, found: Scan | None = None) -> dict[str, str]:
     """Damaged checkpoints of `directory` newer than `step`: prefix name -> why."""
-    damaged = scan(directory).damaged
+    damaged = (found or scan(directory)).damaged
     return {n: why for n, why in damaged.items() if (step_of(n) or -1) > step}
 
 

@@ -15,10 +15,13 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _assets, _dist, _fs, _graph
-from keras_ckpt._reader import CheckpointReader
+from keras_ckpt import _assets, _dist, _fs, _graph, _listing
+from keras_ckpt._messages import damaged_list
+from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
-from keras_ckpt.errors import CheckpointMismatchError
+from keras_ckpt.directory import scan
+from keras_ckpt.errors import CheckpointCorruptError, CheckpointMismatchError
+from keras_ckpt.info import CheckpointInfo
 
 _VALUE = "VARIABLE_VALUE"
 
@@ -200,3 +203,72 @@ def restore_into(
     _assets.load(model, vocabularies)
     put_back(model, untracked)
     return bool(opt_pairs)
+
+
+def restore_newest(
+    model: Any, directory: str, *, who: str, stacklevel: int
+) -> tuple[CheckpointInfo, dict[str, Any]] | None:
+    """Restores the newest intact checkpoint of `directory` (model, optimizer, generators).
+
+    Damaged checkpoints newer than it are skipped with a warning (nothing on disk changes),
+    and so is one that turns out damaged while it is read. The one home of "resume from the
+    newest intact checkpoint", for `loader.resume` and `resume=True` callbacks.
+
+    Args:
+        model: The model to restore into (compiled, for its optimizer state).
+        directory: The checkpoint directory.
+        who: What the warnings start with (`"resume"`, `"resume=True"`).
+        stacklevel: The warnings' stacklevel, counted from this function.
+
+    Returns:
+        The restored checkpoint and its record, or None: a missing or empty directory, or
+        no intact checkpoint (a warning says so: training starts from scratch).
+
+    Raises:
+        CheckpointMismatchError: the model does not match the checkpoints' architecture.
+    """
+    if not _fs.isdir(directory):
+        return None
+    found = scan(directory)
+    kept = _listing.kept(directory, found)
+    skipped = _listing.newer_damaged(directory, kept[-1].step if kept else -1, found)
+    if skipped:
+        warnings.warn(
+            f"{who}: the newest checkpoint(s) in {directory} are damaged and were skipped ("
+            + damaged_list(skipped)
+            + "). Falling back to the newest intact one.",
+            stacklevel=stacklevel,
+        )
+    for info in reversed(kept):
+        try:
+            optimizer_restored = restore_into(
+                model, info.path, strict=True, stacklevel=stacklevel + 1
+            )
+        except CheckpointCorruptError as exc:
+            warnings.warn(
+                f"{who}: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "
+                "Falling back to an older checkpoint.",
+                stacklevel=stacklevel,
+            )
+            continue
+        if getattr(model, "optimizer", None) is None:
+            warnings.warn(
+                f"{who}: restored {info.path} into an uncompiled model, so no optimizer "
+                "state was restored. Compile the model first to continue exactly.",
+                stacklevel=stacklevel,
+            )
+        elif not optimizer_restored:
+            warnings.warn(
+                f"{who}: {info.path} holds no usable optimizer state (saved with "
+                "save_optimizer=False, or another optimizer); training continues with a "
+                "fresh optimizer and will not match an uninterrupted run exactly.",
+                stacklevel=stacklevel,
+            )
+        return info, found.records.get(info.step, {})
+    if kept or skipped:
+        warnings.warn(
+            f"{who}: no intact checkpoint in {directory}; training starts from scratch "
+            f"(epoch 0). Run `keras-ckpt verify {directory}` to see what is damaged.",
+            stacklevel=stacklevel,
+        )
+    return None

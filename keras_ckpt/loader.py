@@ -14,7 +14,6 @@ values, TensorFlow's read errors translated), `_restore` (object-graph matching)
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any
 
 import keras
@@ -28,12 +27,11 @@ from keras_ckpt import (
     _model_json,
     _verify,
 )
-from keras_ckpt._listing import info_of, newer_damaged
+from keras_ckpt._listing import info_of
 from keras_ckpt._listing import resolve as _resolve
-from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
-from keras_ckpt._restore import restore_into
-from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
+from keras_ckpt._restore import restore_into, restore_newest
+from keras_ckpt.errors import CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import best_by
 
@@ -153,49 +151,8 @@ def resume(model: Any, directory: str | os.PathLike[str]) -> int:
         >>> model.fit(x, y, epochs=20, initial_epoch=resume(model, "runs/last"),
         ...           callbacks=[cb])
     """
-    path = _fs.fspath(directory)
-    if not _fs.isdir(path):
-        return 0
-    kept = list_checkpoints(path)
-    skipped = newer_damaged(path, kept[-1].step if kept else -1)
-    if skipped:
-        warnings.warn(
-            f"resume: the newest checkpoint(s) in {path} are damaged and were skipped ("
-            + damaged_list(skipped)
-            + "). Falling back to the newest intact one.",
-            stacklevel=2,
-        )
-    for info in reversed(kept):
-        try:
-            optimizer_restored = restore_into(model, info.path, strict=True, stacklevel=3)
-        except CheckpointCorruptError as exc:
-            warnings.warn(
-                f"resume: {info.path} is damaged and was skipped ({describe(info.path, exc)}). "
-                "Falling back to an older checkpoint.",
-                stacklevel=2,
-            )
-            continue
-        if getattr(model, "optimizer", None) is None:
-            warnings.warn(
-                f"resume: restored {info.path} into an uncompiled model, so no optimizer "
-                "state was restored. Compile the model before resume() to continue exactly.",
-                stacklevel=2,
-            )
-        elif not optimizer_restored:
-            warnings.warn(
-                f"resume: {info.path} holds no usable optimizer state (saved with "
-                "save_optimizer=False, or another optimizer); training continues with a "
-                "fresh optimizer and will not match an uninterrupted run exactly.",
-                stacklevel=2,
-            )
-        return int(info.epoch or 0)
-    if kept or skipped:
-        warnings.warn(
-            f"resume: no intact checkpoint in {path}; training starts from epoch 0. Run "
-            f"`keras-ckpt verify {path}` to see what is damaged.",
-            stacklevel=2,
-        )
-    return 0
+    found = restore_newest(model, _fs.fspath(directory), who="resume", stacklevel=3)
+    return int(found[0].epoch or 0) if found is not None else 0
 
 
 # -- loading without the model code -------------------------------------------------------------
