@@ -34,6 +34,8 @@ TF_PRIVATE = {
     "_should_act_as_resource_variable": "lets TF record a proxy's full variable name",
     "_save_slice_info": "read by TF's saver on variable-like objects",
     "_shared_name": "the variable name TF's saver records",
+    # Keras' own resume protocol: `fit` reads it after on_train_begin (BackupAndRestore sets it)
+    "_initial_epoch": "resume=True continues fit at the restored epoch, as BackupAndRestore",
 }
 
 
