@@ -164,6 +164,27 @@ def move(src: str, dst: str) -> bool:
         return False
 
 
+def link_or_copy(src: str, dst: str) -> bool:
+    """Makes `dst` a file with `src`'s bytes: a hard link where the disk allows, else a copy.
+
+    Local disks get a hard link (no bytes written; both names share one inode, so renaming
+    or deleting either leaves the other intact). File systems without links (`gs://`,
+    `ram://`), or a local one that refuses (another device, too many links), get a copy:
+    server-side where the file system does that (`gs://`).
+
+    Returns:
+        True if `dst` is a hard link, False if it is a copy.
+    """
+    if is_local(src):
+        try:
+            os.link(src, dst)
+            return True
+        except OSError:  # EXDEV, EMLINK, EPERM, a file system without links: copy
+            pass
+    gfile.copy(src, dst, overwrite=True)
+    return False
+
+
 def remove(path: str) -> bool:
     """Deletes one file if it is there; True if it was."""
     try:

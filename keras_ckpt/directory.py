@@ -239,7 +239,8 @@ class CheckpointDirectory:
 
         Args:
             info: The checkpoint to write; `info.step` names it.
-            write: Writes TF checkpoint files at the prefix it is given.
+            write: Writes TF checkpoint files at the prefix it is given; may return more
+                fields for the record (which files hold data shared with other checkpoints).
             extra: More fields for the JSON record.
             flush_early: Flush the files while `write` writes them, so that the `fsync`
                 after it waits only for the tail (what a save on the training thread
@@ -255,7 +256,7 @@ class CheckpointDirectory:
         _fs.makedirs(tmpdir)
         try:
             with _fs.flushing(tmpdir) if flush_early else contextlib.nullcontext():
-                write(_fs.join(tmpdir, name))
+                more = write(_fs.join(tmpdir, name))
             files = {}
             for fname in _fs.list_dir(tmpdir):
                 if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
@@ -264,7 +265,7 @@ class CheckpointDirectory:
                     files[fname] = _fs.size(full)
             if f"{name}.index" not in files:
                 raise OSError(f"TensorFlow wrote no {name}.index in {tmpdir}")
-            record_extra = dict(extra or {})
+            record_extra = {**(extra or {}), **(more or {})}
             record_extra["files"] = files
             text = to_json(info, record_extra)
             _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())
