@@ -188,3 +188,46 @@ def _save(
         tf.raw_ops.SaveV2(
             prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys), tensors=tensors
         )
+
+
+# -- reading what records say (list, inspect, verify) ---------------------------------------------
+
+
+def shared_files(record: dict) -> dict[str, dict]:
+    """The files of a checkpoint's record that hold shared data: name -> {id, first, how}."""
+    shared = record.get("shared")
+    files = record.get("files")
+    if not isinstance(shared, dict) or not isinstance(files, dict):
+        return {}
+    return {n: s for n, s in shared.items() if n in files and isinstance(s, dict) and "id" in s}
+
+
+def sharers(records: dict[str, dict]) -> dict[str, list[str]]:
+    """Shared data id -> the checkpoints (names, as in `records`) holding it, sorted."""
+    out: dict[str, list[str]] = {}
+    for name, record in sorted(records.items()):
+        for entry in shared_files(record).values():
+            out.setdefault(str(entry["id"]), []).append(name)
+    return out
+
+
+def own_bytes(record: dict) -> int:
+    """Bytes of a checkpoint's files that no other checkpoint shares."""
+    files = record.get("files") or {}
+    shared = shared_files(record)
+    return sum(int(size) for name, size in files.items() if name not in shared)
+
+
+def disk_bytes(records: dict[str, dict]) -> int:
+    """Bytes the checkpoints of `records` occupy: shared data linked once, copies each."""
+    total = 0
+    linked: dict[str, int] = {}  # id -> size of the one inode its links share
+    for record in records.values():
+        files = record.get("files") or {}
+        total += own_bytes(record)
+        for name, entry in shared_files(record).items():
+            if entry.get("how") == "copy":
+                total += int(files[name])
+            else:
+                linked[str(entry["id"])] = int(files[name])
+    return total + sum(linked.values())
