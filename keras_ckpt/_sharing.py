@@ -89,6 +89,7 @@ class SharedData:
         tensors: Sequence[tf.Tensor],
         graph: tf.Tensor,
         candidates: Sequence[int],
+        preferred: Sequence[int] = (),
     ) -> dict | None:
         """Writes the checkpoint `prefix` (inside a temporary folder of `commit`).
 
@@ -97,6 +98,8 @@ class SharedData:
             keys, tensors: Every saved value, aligned.
             graph: The serialised object graph.
             candidates: Indices of the values that may be shared (non-trainable variables).
+            preferred: The candidates a first save shares (frozen weights); later ones
+                share the candidates unchanged since the previous save.
 
         Returns:
             Fields for the record (`{"shared": ...}`), or None if everything was written.
@@ -116,7 +119,10 @@ class SharedData:
             how = "link" if linked else "copy"
         else:
             last = self._last
-            stable = [i for i in candidates if last is None or last.get(keys[i]) == prints[keys[i]]]
+            if last is None:
+                stable = list(preferred)
+            else:
+                stable = [i for i in candidates if last.get(keys[i]) == prints[keys[i]]]
             nbytes = sum(_nbytes(tensors[i]) for i in stable)
             self._last = prints
             if nbytes < self.min_bytes:

@@ -164,15 +164,30 @@ class _Plan:
         ]
         self._sources = [obj for _, obj, _, _ in fast] + [obj for obj, _ in self.others]
 
-    def shareable(self, model: object) -> list[int]:
+    def shareable(self, model: object) -> tuple[list[int], list[int]]:
         """Indices of the values that may be shared: the model's non-trainable variables.
 
         Trainable and optimizer variables change at every step; checking them would cost a
         fingerprint each for nothing. Whether a candidate is really unchanged is decided by
         `SharedData.write` from its fingerprint.
+
+        Returns:
+            The candidates, and those among them a first save shares: all but the
+            non-trainable state of trainable layers (a head's BatchNormalization statistics,
+            a Dropout's seed), which moves at every step.
         """
         frozen = {id(v) for v in getattr(model, "non_trainable_variables", ())}
-        return [i for i in range(len(self.variables)) if id(self._sources[i]) in frozen]
+        out = [i for i in range(len(self.variables)) if id(self._sources[i]) in frozen]
+        moving: set[int] = set()
+        stack = [model]
+        while stack:
+            layer = stack.pop()
+            inner = getattr(layer, "layers", None)
+            if inner:
+                stack += inner
+            elif getattr(layer, "trainable", False):
+                moving.update(id(v) for v in getattr(layer, "non_trainable_variables", ()))
+        return out, [i for i in out if id(self._sources[i]) not in moving]
 
     def covered_by(self, signature: list[object]) -> bool:
         """True if every saved value comes from an object in `signature`."""
@@ -414,8 +429,8 @@ class Snapshotter:
         for obj, name in plan.others:
             tensor = _to_tensor(obj._serialize_to_tensors()[name])  # noqa: SLF001
             tensors.append(_copy(tensor) if copy else tensor)
-        candidates = plan.shareable(self.model) if self.shared is not None else []
-        return _FastSnapshot(plan, tensors, buffers, self.shared, candidates)
+        candidates = plan.shareable(self.model) if self.shared is not None else ([], [])
+        return _FastSnapshot(plan, tensors, buffers, self.shared, *candidates)
 
     def prepare(self) -> None:
         """Builds the plan and maps the host buffers of asynchronous saves, in the background.
@@ -446,6 +461,7 @@ class _FastSnapshot:
         buffers: _HostBuffers | None,
         shared: SharedData | None = None,
         candidates: list[int] | None = None,
+        preferred: list[int] | None = None,
     ) -> None:
         self._keys = plan.keys
         self._graph = plan.graph
@@ -453,6 +469,7 @@ class _FastSnapshot:
         self._buffers = buffers
         self._shared = shared if candidates else None
         self._candidates = candidates or []
+        self._preferred = preferred or []
         self.count = len(tensors)
         self.nbytes = sum(t.shape.num_elements() * t.dtype.size for t in tensors)
 
@@ -461,7 +478,8 @@ class _FastSnapshot:
         try:
             if self._shared is not None:
                 return self._shared.write(
-                    prefix, self._keys, self._tensors, self._graph, self._candidates
+                    prefix, self._keys, self._tensors, self._graph, self._candidates,
+                    self._preferred,
                 )
             with tf.device("/cpu:0"):
                 tf.raw_ops.SaveV2(
