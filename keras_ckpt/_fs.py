@@ -121,11 +121,15 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes `path` in place (not atomic: for files no reader looks at yet)."""
+def write_bytes(path: str, data: bytes, durable: bool = True) -> None:
+    """Writes `path` in place (not atomic: for files no reader looks at yet).
+
+    `durable=False` skips the `fsync`: for a temporary file that is read and deleted again.
+    """
     with gfile.GFile(path, "wb") as f:
         f.write(data)
-    fsync_file(path)
+    if durable:
+        fsync_file(path)
 
 
 def write_atomic(path: str, data: bytes | str) -> None:

@@ -104,55 +104,81 @@ class SharedData:
         Returns:
             Fields for the record (`{"shared": ...}`), or None if everything was written.
         """
-        prints = {keys[i]: fingerprint(tensors[i]) for i in candidates}
-        shard, holder = self._usable(prints)
         folder = _fs.dirname(prefix)
-        name = _fs.basename(prefix)
-        own_prefix = _fs.join(folder, _OWN)
-        shared_prefix = _fs.join(folder, _SHARED)
+        shard, holder = self._holder()
         if shard is not None:
+            # Written first, checked after: the files reach the disk (`commit` flushes them
+            # while we run) while the fingerprints are computed. Nothing is visible before
+            # `commit` renames it in; if a shared value changed, these files are replaced.
             own = [i for i, k in enumerate(keys) if k not in shard.fingerprints]
             linked = _fs.link_or_copy(
-                _fs.join(self.directory, holder), shared_prefix + ".data-00000-of-00001"
+                _fs.join(self.directory, holder),
+                _fs.join(folder, _SHARED + ".data-00000-of-00001"),
             )
-            _fs.write_bytes(shared_prefix + ".index", shard.index)
-            how = "link" if linked else "copy"
+            _fs.write_bytes(_fs.join(folder, _SHARED + ".index"), shard.index, durable=False)
+            self._merge(prefix, keys, tensors, graph, own)
+            prints = self._fingerprints(keys, tensors, candidates)
+            if all(prints.get(k) == v for k, v in shard.fingerprints.items()):
+                self._last = prints
+                self.last_written = sum(_nbytes(tensors[i]) for i in own)
+                return self._shared(shard, prefix, "link" if linked else "copy")
+            for fname in _fs.list_dir(folder):  # a shared value changed: start again
+                _fs.remove(_fs.join(folder, fname))
         else:
-            last = self._last
-            if last is None:
-                stable = list(preferred)
-            else:
-                stable = [i for i in candidates if last.get(keys[i]) == prints[keys[i]]]
-            nbytes = sum(_nbytes(tensors[i]) for i in stable)
-            self._last = prints
-            if nbytes < self.min_bytes:
-                self._shard = None
-                _save(prefix, [*keys], [*tensors], graph)
-                self.last_written = sum(map(_nbytes, tensors))
-                return None
-            _save(shared_prefix, [keys[i] for i in stable], [tensors[i] for i in stable])
-            shard = _Shard(
-                id=uuid.uuid4().hex[:12],
-                first=name,
-                fingerprints={keys[i]: prints[keys[i]] for i in stable},
-                index=_fs.read_bytes(shared_prefix + ".index"),
-                size=_fs.size(shared_prefix + ".data-00000-of-00001"),
-            )
-            chosen = set(stable)
-            own = [i for i in range(len(keys)) if i not in chosen]
-            how = "written"
+            prints = self._fingerprints(keys, tensors, candidates)
+        last = self._last
         self._last = prints
-        _save(own_prefix, [keys[i] for i in own], [tensors[i] for i in own], graph)
+        if last is None:
+            stable = list(preferred)
+        else:
+            stable = [i for i in candidates if last.get(keys[i]) == prints[keys[i]]]
+        self._shard = None
+        if sum(_nbytes(tensors[i]) for i in stable) < self.min_bytes:
+            _save(prefix, [*keys], [*tensors], graph)
+            self.last_written = sum(map(_nbytes, tensors))
+            return None
+        shared_prefix = _fs.join(folder, _SHARED)
+        _save(shared_prefix, [keys[i] for i in stable], [tensors[i] for i in stable])
+        shard = _Shard(
+            id=uuid.uuid4().hex[:12],
+            first=_fs.basename(prefix),
+            fingerprints={keys[i]: prints[keys[i]] for i in stable},
+            index=_fs.read_bytes(shared_prefix + ".index"),
+            size=_fs.size(shared_prefix + ".data-00000-of-00001"),
+        )
+        chosen = set(stable)
+        own = [i for i in range(len(keys)) if i not in chosen]
+        self._merge(prefix, keys, tensors, graph, own)
+        self.last_written = shard.size + sum(_nbytes(tensors[i]) for i in own)
+        self._shard = shard
+        return self._shared(shard, prefix, "written")
+
+    @staticmethod
+    def _fingerprints(
+        keys: Sequence[str], tensors: Sequence[tf.Tensor], candidates: Sequence[int]
+    ) -> dict[str, tuple]:
+        return {keys[i]: fingerprint(tensors[i]) for i in candidates}
+
+    @staticmethod
+    def _merge(
+        prefix: str,
+        keys: Sequence[str],
+        tensors: Sequence[tf.Tensor],
+        graph: tf.Tensor,
+        own: list[int],
+    ) -> None:
+        """Writes the values `own` and the graph beside the shared shard; merges the two."""
+        folder = _fs.dirname(prefix)
+        _save(_fs.join(folder, _OWN), [keys[i] for i in own], [tensors[i] for i in own], graph)
         tf.raw_ops.MergeV2Checkpoints(
-            checkpoint_prefixes=[shared_prefix, own_prefix],
+            checkpoint_prefixes=[_fs.join(folder, _SHARED), _fs.join(folder, _OWN)],
             destination_prefix=prefix,
             delete_old_dirs=False,
         )
-        self.last_written = sum(_nbytes(tensors[i]) for i in own)
-        if how == "written":
-            self.last_written += shard.size
-        shard.pending = name + SHARED_SHARD
-        self._shard = shard
+
+    @staticmethod
+    def _shared(shard: _Shard, prefix: str, how: str) -> dict:
+        shard.pending = _fs.basename(prefix) + SHARED_SHARD
         return {"shared": {shard.pending: {"id": shard.id, "first": shard.first, "how": how}}}
 
     def committed(self, name: str) -> None:
@@ -162,14 +188,12 @@ class SharedData:
             shard.holders.insert(0, shard.pending)
             shard.pending = None
 
-    def _usable(self, prints: dict[str, tuple]) -> tuple[_Shard | None, str | None]:
-        """The shared shard if every value in it is unchanged, and a kept file holding it."""
+    def _holder(self) -> tuple[_Shard | None, str | None]:
+        """The shared shard and a kept file holding it (its values are checked by `write`)."""
         shard = self._shard
         if shard is None:
             return None, None
         shard.pending = None  # a save that did not commit: its files are gone
-        if any(prints.get(k) != v for k, v in shard.fingerprints.items()):
-            return None, None
         for holder in list(shard.holders):
             path = _fs.join(self.directory, holder)
             try:
