@@ -33,7 +33,12 @@ import tensorflow as tf
 import keras_ckpt
 from keras_ckpt import _sharing
 
-PEERS = ("tf_checkpoint_manager", "keras_ckpt_sync", "keras_ckpt_async", "keras_ckpt_sync_unshared")
+PEERS = (
+    "tf_checkpoint_manager",
+    "keras_ckpt_sync",
+    "keras_ckpt_async",
+    "keras_ckpt_sync_unshared",
+)
 KEEP = 5
 
 

@@ -302,17 +302,18 @@ def many_variables(args, root: str) -> dict[str, Any]:
     tf_manager = tf.train.CheckpointManager(
         checkpoint, B.fresh_dir(os.path.join(root, "mv-tf")), 1
     )
-    times: dict[str, list[float]] = {"tf_checkpoint_manager": [], "keras_ckpt_sync": [],
-                                     "keras_ckpt_async": []}  # fmt: skip
-    managers = {
-        name: keras_ckpt.CheckpointManager(
+    names = ("keras_ckpt_sync", "keras_ckpt_async", "keras_ckpt_sync_unshared")
+    times: dict[str, list[float]] = {"tf_checkpoint_manager": [], **{n: [] for n in names}}
+    managers = {}
+    for name in names:
+        _sharing.ENABLED = not name.endswith("_unshared")  # read when the manager is made
+        managers[name] = keras_ckpt.CheckpointManager(
             B.fresh_dir(os.path.join(root, "mv-" + name)),
             model,
             keep=keras_ckpt.KeepLast(1),
             async_save=name.endswith("async"),
         )
-        for name in ("keras_ckpt_sync", "keras_ckpt_async")
-    }
+    _sharing.ENABLED = True
     for step in range(1, args.many_saves + 2):
         times["tf_checkpoint_manager"].append(B.timed(lambda s=step: tf_manager.save(s)))
         for name, manager in managers.items():

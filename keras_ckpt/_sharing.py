@@ -18,11 +18,12 @@ bytes, with dtype and shape) equals that of the values in the shared shard, take
 save on the values being saved (a direct `assign`, moving BatchNormalization statistics, a
 layer unfrozen, a `restore` between saves all change it). Trainable variables and the
 optimizer's are always written: they change at every step. Fingerprinting costs ~15-40 ms
-per 300 MB here (memory bandwidth), on the writer thread for asynchronous saves.
+per 300 MB here (memory bandwidth); a synchronous save does it while the files it just wrote
+are flushed to disk, an asynchronous one on the writer thread.
 
 Records (`ckpt-N.json`) name the shared shard: `"shared": {"ckpt-N.data-00000-of-00002":
 {"id": ..., "first": "ckpt-K", "how": "written" | "link" | "copy"}}`; every checkpoint whose
-record carries the same `id` holds the same bytes (`_listing.shared_bytes` counts them).
+record carries the same `id` holds the same bytes (`disk_bytes` counts them once).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from keras_ckpt import _fs
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MIN_SHARED_BYTES", "SharedData", "fingerprint"]
+__all__ = ["MIN_SHARED_BYTES", "SharedData", "fingerprint", "shareable"]
 
 ENABLED = True  # new managers share data; False: every save writes every value (today's way)
 MIN_SHARED_BYTES = 1 << 20  # below this, a second shard saves less than it costs
@@ -52,6 +53,36 @@ def fingerprint(tensor: tf.Tensor) -> tuple[str, tuple[int, ...], bytes]:
     flat = tf.reshape(tensor, [1, -1])  # one row: one fingerprint over all the bytes
     digest = tf.raw_ops.Fingerprint(data=flat, method="farmhash64")
     return tensor.dtype.name, tuple(tensor.shape.as_list()), digest.numpy().tobytes()
+
+
+def shareable(model: object, sources: Sequence[object]) -> tuple[list[int], list[int]]:
+    """Indices of the values that may be shared: the model's non-trainable variables.
+
+    Trainable and optimizer variables change at every step; checking them would cost a
+    fingerprint each for nothing. Whether a candidate is really unchanged is decided by
+    `SharedData.write` from its fingerprint.
+
+    Args:
+        model: The Keras model.
+        sources: The Keras variables of the saved values, in their order.
+
+    Returns:
+        The candidates, and those among them a first save shares: all but the
+        non-trainable state of trainable layers (a head's BatchNormalization statistics,
+        a Dropout's seed), which moves at every step.
+    """
+    frozen = {id(v) for v in getattr(model, "non_trainable_variables", ())}
+    out = [i for i, source in enumerate(sources) if id(source) in frozen]
+    moving: set[int] = set()
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        inner = getattr(layer, "layers", None)
+        if inner:
+            stack += inner
+        elif getattr(layer, "trainable", False):
+            moving.update(id(v) for v in getattr(layer, "non_trainable_variables", ()))
+    return out, [i for i in out if id(sources[i]) not in moving]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ckpt._sharing import SharedData
+from keras_ckpt._sharing import SharedData, shareable
 from keras_ckpt.writer import (
     Snapshot,
     _copy,
@@ -164,30 +164,10 @@ class _Plan:
         ]
         self._sources = [obj for _, obj, _, _ in fast] + [obj for obj, _ in self.others]
 
-    def shareable(self, model: object) -> tuple[list[int], list[int]]:
-        """Indices of the values that may be shared: the model's non-trainable variables.
-
-        Trainable and optimizer variables change at every step; checking them would cost a
-        fingerprint each for nothing. Whether a candidate is really unchanged is decided by
-        `SharedData.write` from its fingerprint.
-
-        Returns:
-            The candidates, and those among them a first save shares: all but the
-            non-trainable state of trainable layers (a head's BatchNormalization statistics,
-            a Dropout's seed), which moves at every step.
-        """
-        frozen = {id(v) for v in getattr(model, "non_trainable_variables", ())}
-        out = [i for i in range(len(self.variables)) if id(self._sources[i]) in frozen]
-        moving: set[int] = set()
-        stack = [model]
-        while stack:
-            layer = stack.pop()
-            inner = getattr(layer, "layers", None)
-            if inner:
-                stack += inner
-            elif getattr(layer, "trainable", False):
-                moving.update(id(v) for v in getattr(layer, "non_trainable_variables", ()))
-        return out, [i for i in out if id(self._sources[i]) not in moving]
+    @property
+    def variable_sources(self) -> list[object]:
+        """The objects (Keras variables) behind `variables`, aligned with them."""
+        return self._sources[: len(self.variables)]
 
     def covered_by(self, signature: list[object]) -> bool:
         """True if every saved value comes from an object in `signature`."""
@@ -429,7 +409,9 @@ class Snapshotter:
         for obj, name in plan.others:
             tensor = _to_tensor(obj._serialize_to_tensors()[name])  # noqa: SLF001
             tensors.append(_copy(tensor) if copy else tensor)
-        candidates = plan.shareable(self.model) if self.shared is not None else ([], [])
+        candidates = ([], [])
+        if self.shared is not None:
+            candidates = shareable(self.model, plan.variable_sources)
         return _FastSnapshot(plan, tensors, buffers, self.shared, *candidates)
 
     def prepare(self) -> None:

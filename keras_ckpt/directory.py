@@ -3,7 +3,8 @@
 Layout::
 
     checkpoint                     TF CheckpointState text (relative paths): the commit point
-    ckpt-N.index, ckpt-N.data-*    written by tf.train.Checkpoint
+    ckpt-N.index, ckpt-N.data-*    TF format (two data shards when unchanged data is shared:
+                                   `_sharing`; a shared shard is a hard link or a copy)
     ckpt-N.json                    our record: step, epoch, metrics, saved_at, file sizes
     model.json, history.jsonl      architecture (once) and one line of logs per epoch
     .lock                          held by the one writer (`_lock.DirectoryLock`)
