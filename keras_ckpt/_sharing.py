@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -138,17 +139,24 @@ class SharedData:
         folder = _fs.dirname(prefix)
         shard, holder = self._holder()
         if shard is not None:
-            # Written first, checked after: the files reach the disk (`commit` flushes them
-            # while we run) while the fingerprints are computed. Nothing is visible before
-            # `commit` renames it in; if a shared value changed, these files are replaced.
-            own = [i for i, k in enumerate(keys) if k not in shard.fingerprints]
-            linked = _fs.link_or_copy(
-                _fs.join(self.directory, holder),
-                _fs.join(folder, _SHARED + ".data-00000-of-00001"),
-            )
-            _fs.write_bytes(_fs.join(folder, _SHARED + ".index"), shard.index, durable=False)
-            self._merge(prefix, keys, tensors, graph, own)
-            prints = self._fingerprints(keys, tensors, candidates)
+            # Written while the fingerprints are computed (another thread: TensorFlow's ops
+            # release the GIL), checked after. Nothing is visible before `commit` renames it
+            # in; if a shared value changed, these files are replaced.
+            pool = ThreadPoolExecutor(1, thread_name_prefix="keras_ckpt-fingerprint")
+            try:
+                pending = pool.submit(self._fingerprints, keys, tensors, candidates)
+                own = [i for i, k in enumerate(keys) if k not in shard.fingerprints]
+                linked = _fs.link_or_copy(
+                    _fs.join(self.directory, holder),
+                    _fs.join(folder, _SHARED + ".data-00000-of-00001"),
+                )
+                _fs.write_bytes(_fs.join(folder, _SHARED + ".index"), shard.index, False)
+                self._merge(prefix, keys, tensors, graph, own)
+                for fname in _fs.list_dir(folder):  # to disk now, not after the fingerprints
+                    _fs.fsync_file(_fs.join(folder, fname))
+                prints = pending.result()
+            finally:
+                pool.shutdown(wait=True)
             if all(prints.get(k) == v for k, v in shard.fingerprints.items()):
                 self._last = prints
                 self.last_written = sum(_nbytes(tensors[i]) for i in own)
