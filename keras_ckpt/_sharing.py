@@ -150,7 +150,8 @@ class SharedData:
                     _fs.join(self.directory, holder),
                     _fs.join(folder, _SHARED + ".data-00000-of-00001"),
                 )
-                _fs.write_bytes(_fs.join(folder, _SHARED + ".index"), shard.index, False)
+                index = _fs.join(folder, _SHARED + ".index")
+                _fs.write_bytes(index, shard.index, durable=False)  # merged, then deleted
                 self._merge(prefix, keys, tensors, graph, own)
                 for fname in _fs.list_dir(folder):  # to disk now, not after the fingerprints
                     _fs.fsync_file(_fs.join(folder, fname))
