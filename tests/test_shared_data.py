@@ -307,3 +307,53 @@ def test_a_failure_at_any_operation_of_a_shared_save_loses_nothing(tmp_path, mon
         assert_plain_read(str(directory / "ckpt-4"), expected)
         assert_plain_read(str(directory / "ckpt-2"), expected)
         shutil.rmtree(directory)
+
+
+class _CheckEveryKept(keras.callbacks.Callback):
+    """After the checkpoint callback: records the weights at each step, and reads back every
+    kept checkpoint whenever a new one appears."""
+
+    def __init__(self, ckpt) -> None:
+        super().__init__()
+        self.ckpt, self.at, self.checked = ckpt, {}, set()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.at[int(self.model.optimizer.iterations.numpy())] = values(self.model)
+        kept = self.ckpt.checkpoints
+        if kept and kept[-1].step not in self.checked:
+            for info in kept:
+                assert_plain_read(info.path, self.at[info.step])
+            self.checked.add(kept[-1].step)
+
+
+def test_a_fit_with_rotating_checkpoint_keeps_every_checkpoint_exact(tmp_path):
+    from keras_ckpt import RotatingCheckpoint
+
+    model, _ = transfer_model()
+    x, y = batch()
+    ckpt = RotatingCheckpoint(tmp_path / "run", max_to_keep=2, save_freq=2)
+    check = _CheckEveryKept(ckpt)
+    model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[ckpt, check])  # 12 steps
+    assert sorted(check.checked) == [2, 4, 6, 8, 10, 12]
+    assert [i.step for i in ckpt.checkpoints] == [10, 12]
+    assert how_shared(str(tmp_path / "run" / "ckpt-12")) == {"link"}
+    assert_plain_read(str(tmp_path / "run" / "ckpt-10"), check.at[10])
+
+
+def test_a_restarted_manager_writes_a_new_shard_and_leaves_the_old_checkpoints_intact(tmp_path):
+    model, base = transfer_model()
+    directory = tmp_path / "run"
+    model.train_on_batch(*batch())
+    with CheckpointManager(directory, model, keep=KeepLast(4)) as mgr:
+        first = mgr.save(step=1)
+        mgr.save(step=2)
+    before = values(model)
+    _assign(model)  # between the runs: the restarted run must not share the old backbone
+    with CheckpointManager(directory, model, keep=KeepLast(4)) as mgr:
+        third = mgr.save(step=3)
+        fourth = mgr.save(step=4)
+    assert how_shared(third.path) == {"written"} and how_shared(fourth.path) == {"link"}
+    assert_plain_read(first.path, before)
+    assert_plain_read(str(directory / "ckpt-2"), before)
+    assert_plain_read(third.path, values(model))
+    assert verify(str(directory)) == []
