@@ -28,7 +28,6 @@ record carries the same `id` holds the same bytes (`disk_bytes` counts them once
 
 from __future__ import annotations
 
-import logging
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
@@ -37,8 +36,6 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from keras_ckpt import _fs
-
-logger = logging.getLogger(__name__)
 
 __all__ = ["MIN_SHARED_BYTES", "SharedData", "fingerprint", "shareable"]
 
