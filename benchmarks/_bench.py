@@ -65,15 +65,31 @@ def state_bytes(model: keras.Model, with_optimizer: bool = True) -> int:
 
 
 def du(path: str) -> int:
-    """Bytes of the files under `path`."""
+    """Bytes of the files under `path`; hard links to one file count once (as `du` does)."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for root, _, files in os.walk(path):
         for name in files:
             try:
-                total += os.path.getsize(os.path.join(root, name))
+                st = os.stat(os.path.join(root, name))
             except OSError:
-                pass
+                continue
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_size
     return total
+
+
+def bytes_written() -> int | None:
+    """Bytes this process passed to `write()` so far (Linux `/proc/self/io`), else None."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("wchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def fresh_dir(path: str) -> str:

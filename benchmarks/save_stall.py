@@ -14,7 +14,10 @@ something to overlap with). Peers:
 - ``keras_orbax_checkpoint``: ``keras.callbacks.OrbaxCheckpoint`` (asynchronous; needs
   orbax-checkpoint and JAX in this environment, otherwise reported as skipped);
 - ``keras_ckpt_sync`` / ``keras_ckpt_async``: ``RotatingCheckpoint(max_to_keep=1)``, with
-  ``async_save`` False / True.
+  ``async_save`` False / True;
+- ``keras_ckpt_sync_unshared`` / ``keras_ckpt_async_unshared``: the same with shared data
+  turned off (every value written at every save: keras_ckpt before shared data), to show that
+  sharing costs nothing when everything trains.
 
 All peers keep one checkpoint. Rounds run the peers in a rotating order; results are
 medians over rounds. Per peer:
@@ -29,10 +32,15 @@ medians over rounds. Per peer:
   training time a save costs, measured on the steps it touches (much less noisy);
 - ``peak_extra_mb``: the peak RSS during the fit above the RSS before it.
 
+``--scenario transfer`` runs the transfer-learning scenario instead (a frozen backbone of
+``--transfer-mb`` MB, a trainable head, Adam; see ``_transfer.py``): save call, bytes written
+per save and disk used with ``max_to_keep=5``, against ``tf.train.CheckpointManager``.
+
 Run (prints JSON on stdout, progress on stderr)::
 
     python benchmarks/save_stall.py --rounds 5     # 400 MB of weights, ~1.2 GB per save
     python benchmarks/save_stall.py --mb 4 --rounds 1     # a quick check
+    python benchmarks/save_stall.py --scenario transfer --transfer-rounds 3
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ import argparse
 import gc
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -49,10 +58,12 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import _bench as B  # noqa: E402
+import _transfer  # noqa: E402
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_ckpt  # noqa: E402
+from keras_ckpt import _sharing  # noqa: E402
 
 PEERS = (
     "none",
@@ -61,6 +72,8 @@ PEERS = (
     "keras_orbax_checkpoint",
     "keras_ckpt_sync",
     "keras_ckpt_async",
+    "keras_ckpt_sync_unshared",
+    "keras_ckpt_async_unshared",
 )
 
 
@@ -173,12 +186,12 @@ def make_peer(peer: str, directory: str) -> keras.callbacks.Callback | None:
         return keras.callbacks.ModelCheckpoint(path, save_weights_only=True)
     if peer == "keras_orbax_checkpoint":
         return keras.callbacks.OrbaxCheckpoint(directory, max_to_keep=1, save_on_background=True)
-    if peer in ("keras_ckpt_sync", "keras_ckpt_async"):
+    if peer.startswith("keras_ckpt_"):
         return keras_ckpt.RotatingCheckpoint(
             directory,
             max_to_keep=1,
             save_on_train_end=False,
-            async_save=peer == "keras_ckpt_async",
+            async_save="_async" in peer,
         )
     raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
@@ -193,6 +206,7 @@ def run_peer(peer: str, model, data, args, root: str, saves: int) -> dict[str, A
         callbacks.append(gate)
     x, y = data
     gc.collect()
+    _sharing.ENABLED = not peer.endswith("_unshared")  # read when the manager is made
     with B.PeakMemory() as memory:
         t0 = time.perf_counter()
         model.fit(
@@ -205,6 +219,7 @@ def run_peer(peer: str, model, data, args, root: str, saves: int) -> dict[str, A
             shuffle=False,
         )
         fit_s = time.perf_counter() - t0
+    _sharing.ENABLED = True
     on_disk = B.du(directory)
     del inner, callbacks
     shutil.rmtree(directory, ignore_errors=True)
@@ -265,7 +280,8 @@ def per_batch_overhead(args, root: str) -> dict[str, Any]:
     return {
         "direct_call_us": direct,
         "fit_steps": steps,
-        "in_fit_batch_hooks_us": round(B.median(hooks) / steps * 1e6, 3),
+        # not B.median: its 4 decimals of seconds round a short run's microseconds to 0
+        "in_fit_batch_hooks_us": round(statistics.median(hooks) / steps * 1e6, 3),
         "in_fit_fixed_per_fit_ms": round(B.median(fixed) * 1e3, 2),
         "fit_step_us_without": round(B.median(plain) / steps * 1e6, 2),
         "fit_step_us_with": round(B.median(with_cb) / steps * 1e6, 2),
@@ -288,17 +304,18 @@ def many_variables(args, root: str) -> dict[str, Any]:
     tf_manager = tf.train.CheckpointManager(
         checkpoint, B.fresh_dir(os.path.join(root, "mv-tf")), 1
     )
-    times: dict[str, list[float]] = {"tf_checkpoint_manager": [], "keras_ckpt_sync": [],
-                                     "keras_ckpt_async": []}  # fmt: skip
-    managers = {
-        name: keras_ckpt.CheckpointManager(
+    names = ("keras_ckpt_sync", "keras_ckpt_async", "keras_ckpt_sync_unshared")
+    times: dict[str, list[float]] = {"tf_checkpoint_manager": [], **{n: [] for n in names}}
+    managers = {}
+    for name in names:
+        _sharing.ENABLED = not name.endswith("_unshared")  # read when the manager is made
+        managers[name] = keras_ckpt.CheckpointManager(
             B.fresh_dir(os.path.join(root, "mv-" + name)),
             model,
             keep=keras_ckpt.KeepLast(1),
             async_save=name.endswith("async"),
         )
-        for name in ("keras_ckpt_sync", "keras_ckpt_async")
-    }
+    _sharing.ENABLED = True
     for step in range(1, args.many_saves + 2):
         times["tf_checkpoint_manager"].append(B.timed(lambda s=step: tf_manager.save(s)))
         for name, manager in managers.items():
@@ -352,12 +369,20 @@ def ratios(summary: dict[str, Any]) -> dict[str, Any]:
     tf_save = tf_peer["save_call_s"]
     out: dict[str, Any] = {"tf_checkpoint_manager_save_s": tf_save}
     for peer in ("keras_ckpt_sync", "keras_ckpt_async"):
-        mine = summary.get(peer)
-        if not mine:
-            continue
-        for field in ("save_call_s", "stall_per_save_s", "lost_per_save_s"):
-            name = field.removesuffix("_s")
-            out[f"{peer}_{name}_over_tf_save"] = round(mine[field] / tf_save, 3)
+        for variant in (peer, peer + "_unshared"):
+            mine = summary.get(variant)
+            if not mine:
+                continue
+            for field in ("save_call_s", "stall_per_save_s", "lost_per_save_s"):
+                name = field.removesuffix("_s")
+                out[f"{variant}_{name}_over_tf_save"] = round(mine[field] / tf_save, 3)
+        shared, unshared = summary.get(peer), summary.get(peer + "_unshared")
+        if shared and unshared:  # sharing on / off with nothing to share
+            for field in ("save_call_s", "lost_per_save_s"):
+                name = field.removesuffix("_s")
+                out[f"{peer}_{name}_shared_over_unshared"] = round(
+                    shared[field] / unshared[field], 3
+                )
     return out
 
 
@@ -414,7 +439,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dir", default=None, help="scratch directory (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument("--scenario", choices=("full", "transfer"), default="full")
+    parser.add_argument("--transfer-mb", type=float, default=300, help="frozen backbone MB")
+    parser.add_argument("--head-mb", type=float, default=2, help="trainable head MB")
+    parser.add_argument("--transfer-saves", type=int, default=7, help="saves per peer")
+    parser.add_argument("--transfer-rounds", type=int, default=3, help="rounds of all peers")
     args = parser.parse_args(argv)
+    if args.scenario == "transfer":
+        root = tempfile.mkdtemp(prefix="keras_ckpt-bench-", dir=args.dir)
+        try:
+            result = _transfer.run(args, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        B.emit(
+            {
+                "benchmark": "save_stall",
+                "scenario": "transfer_learning",
+                "command": "python benchmarks/save_stall.py " + " ".join(argv or sys.argv[1:]),
+                "machine": B.machine(),
+                **result,
+            },
+            args.out,
+        )
+        return 0
 
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     if "none" not in peers:

@@ -141,11 +141,15 @@ def read_text(path: str) -> str:
     return read_bytes(path).decode("utf-8")
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Writes `path` in place (not atomic: for files no reader looks at yet)."""
+def write_bytes(path: str, data: bytes, durable: bool = True) -> None:
+    """Writes `path` in place (not atomic: for files no reader looks at yet).
+
+    `durable=False` skips the `fsync`: for a temporary file that is read and deleted again.
+    """
     with _gfile().GFile(path, "wb") as f:
         f.write(data)
-    fsync_file(path)
+    if durable:
+        fsync_file(path)
 
 
 def write_atomic(path: str, data: bytes | str) -> None:
@@ -182,6 +186,27 @@ def move(src: str, dst: str) -> bool:
         return True
     except _tf().errors.NotFoundError:
         return False
+
+
+def link_or_copy(src: str, dst: str) -> bool:
+    """Makes `dst` a file with `src`'s bytes: a hard link where the disk allows, else a copy.
+
+    Local disks get a hard link (no bytes written; both names share one inode, so renaming
+    or deleting either leaves the other intact). File systems without links (`gs://`,
+    `ram://`), or a local one that refuses (another device, too many links), get a copy:
+    server-side where the file system does that (`gs://`).
+
+    Returns:
+        True if `dst` is a hard link, False if it is a copy.
+    """
+    if is_local(src):
+        try:
+            os.link(src, dst)
+            return True
+        except OSError:  # EXDEV, EMLINK, EPERM, a file system without links: copy
+            pass
+    _gfile().copy(src, dst, overwrite=True)
+    return False
 
 
 def remove(path: str) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from keras_ckpt._sharing import SharedData, shareable
 from keras_ckpt.writer import (
     Snapshot,
     _copy,
@@ -162,6 +163,11 @@ class _Plan:
             (v.handle, v.dtype, "CPU" in (v.device or "CPU").upper()) for v in self.variables
         ]
         self._sources = [obj for _, obj, _, _ in fast] + [obj for obj, _ in self.others]
+
+    @property
+    def variable_sources(self) -> list[object]:
+        """The objects (Keras variables) behind `variables`, aligned with them."""
+        return self._sources[: len(self.variables)]
 
     def covered_by(self, signature: list[object]) -> bool:
         """True if every saved value comes from an object in `signature`."""
@@ -328,11 +334,16 @@ class Snapshotter:
     Args:
         model: A Keras model (or any trackable).
         save_optimizer: If False, the model's `optimizer` edge is left out.
+        shared: Writes each snapshot sharing the unchanged values with the previous one
+            (`_sharing.SharedData`); None writes every value.
     """
 
-    def __init__(self, model: object, save_optimizer: bool = True) -> None:
+    def __init__(
+        self, model: object, save_optimizer: bool = True, shared: SharedData | None = None
+    ) -> None:
         self.model = model
         self.save_optimizer = save_optimizer
+        self.shared = shared
         self._plan: _Plan | None = None
         self._signature: list[object] | None = None  # held: their ids cannot be reused
         self._fast = True  # False once TF's serialisation helpers failed us
@@ -398,7 +409,10 @@ class Snapshotter:
         for obj, name in plan.others:
             tensor = _to_tensor(obj._serialize_to_tensors()[name])  # noqa: SLF001
             tensors.append(_copy(tensor) if copy else tensor)
-        return _FastSnapshot(plan, tensors, buffers)
+        candidates = ([], [])
+        if self.shared is not None:
+            candidates = shareable(self.model, plan.variable_sources)
+        return _FastSnapshot(plan, tensors, buffers, self.shared, *candidates)
 
     def prepare(self) -> None:
         """Builds the plan and maps the host buffers of asynchronous saves, in the background.
@@ -423,17 +437,36 @@ class _FastSnapshot:
     """Tensors in the order of a plan's keys; `write(prefix)` is one `SaveV2`."""
 
     def __init__(
-        self, plan: _Plan, tensors: list[tf.Tensor], buffers: _HostBuffers | None
+        self,
+        plan: _Plan,
+        tensors: list[tf.Tensor],
+        buffers: _HostBuffers | None,
+        shared: SharedData | None = None,
+        candidates: list[int] | None = None,
+        preferred: list[int] | None = None,
     ) -> None:
         self._keys = plan.keys
         self._graph = plan.graph
         self._tensors = tensors
         self._buffers = buffers
+        self._shared = shared if candidates else None
+        self._candidates = candidates or []
+        self._preferred = preferred or []
         self.count = len(tensors)
         self.nbytes = sum(t.shape.num_elements() * t.dtype.size for t in tensors)
 
-    def write(self, prefix: str) -> None:
+    def write(self, prefix: str) -> dict | None:
+        """Writes the checkpoint `prefix`; returns record fields naming shared data, if any."""
         try:
+            if self._shared is not None:
+                return self._shared.write(
+                    prefix,
+                    self._keys,
+                    self._tensors,
+                    self._graph,
+                    self._candidates,
+                    self._preferred,
+                )
             with tf.device("/cpu:0"):
                 tf.raw_ops.SaveV2(
                     prefix=prefix,
@@ -441,6 +474,7 @@ class _FastSnapshot:
                     shape_and_slices=[""] * (len(self._keys) + 1),
                     tensors=[*self._tensors, self._graph],
                 )
+            return None
         finally:
             self._tensors = []  # written or failed: the buffers may be filled again
             if self._buffers is not None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 
 from keras_ckpt import _assets, _fs, _graph
+from keras_ckpt import _shared_record as _sharing
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError
@@ -106,6 +107,39 @@ def _state_problems(directory: str, reported: set[str]) -> list[str]:
     return lines
 
 
+def _record(prefix: str) -> dict:
+    try:
+        record = json.loads(_fs.read_text(prefix + ".json"))
+    except Exception:  # missing or garbled: reported by verify_prefix
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _step(name: str) -> int:
+    return step_of(name) or 0
+
+
+def _name_sharers(name: str, problems: list[str], records: dict[str, dict]) -> list[str]:
+    """Adds, to a problem with a file of shared data, which other checkpoints hold that data.
+
+    On a local disk they are hard links to the same bytes: they are damaged too (and
+    reported on their own lines); elsewhere they are copies.
+    """
+    shared = _sharing.shared_files(records.get(name, {}))
+    if not shared or not problems:
+        return problems
+    holders = _sharing.sharers(records)
+    out = []
+    for line in problems:
+        for fname, entry in shared.items():
+            others = [n for n in holders.get(str(entry["id"]), []) if n != name]
+            if fname in line and others:
+                line += f" (shared data, also held by {', '.join(sorted(others, key=_step))})"
+                break
+        out.append(line)
+    return out
+
+
 def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
     """The problems of every checkpoint of `directory` (kept and damaged) and its metadata."""
     found = scan(directory)
@@ -114,11 +148,12 @@ def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
         prefixes[_fs.join(directory, name)] = step_of(name) or 0
     lines: list[str] = []
     reported: set[str] = set()
+    records = {_fs.basename(p): _record(p) for p in prefixes}
     for prefix in sorted(prefixes, key=lambda p: (prefixes[p], p)):
         problems = verify_prefix(prefix)
         if problems:
             reported.add(_fs.basename(prefix))
-        lines += problems
+        lines += _name_sharers(_fs.basename(prefix), problems, records)
     lines += _state_problems(directory, reported)
     model_json = _fs.join(directory, "model.json")
     if _fs.exists(model_json):

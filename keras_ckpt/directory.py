@@ -3,7 +3,8 @@
 Layout::
 
     checkpoint                     TF CheckpointState text (relative paths): the commit point
-    ckpt-N.index, ckpt-N.data-*    written by tf.train.Checkpoint
+    ckpt-N.index, ckpt-N.data-*    TF format (two data shards when unchanged data is shared:
+                                   `_sharing`; a shared shard is a hard link or a copy)
     ckpt-N.json                    our record: step, epoch, metrics, saved_at, file sizes
     model.json, history.jsonl      architecture (once) and one line of logs per epoch
     .lock                          held by the one writer (`_lock.DirectoryLock`)
@@ -241,7 +242,8 @@ class CheckpointDirectory:
 
         Args:
             info: The checkpoint to write; `info.step` names it.
-            write: Writes TF checkpoint files at the prefix it is given.
+            write: Writes TF checkpoint files at the prefix it is given; may return more
+                fields for the record (which files hold data shared with other checkpoints).
             extra: More fields for the JSON record.
             flush_early: Flush the files while `write` writes them, so that the `fsync`
                 after it waits only for the tail (what a save on the training thread
@@ -259,7 +261,7 @@ class CheckpointDirectory:
         _fs.makedirs(tmpdir)
         try:
             with _fs.flushing(tmpdir) if flush_early else contextlib.nullcontext():
-                write(_fs.join(tmpdir, name))
+                more = write(_fs.join(tmpdir, name))
             files = {}
             for fname in _fs.list_dir(tmpdir):
                 if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
@@ -268,7 +270,7 @@ class CheckpointDirectory:
                     files[fname] = _fs.size(full)
             if f"{name}.index" not in files:
                 raise OSError(f"TensorFlow wrote no {name}.index in {tmpdir}")
-            record_extra = dict(extra or {})
+            record_extra = {**(extra or {}), **(more or {})}
             record_extra["files"] = files
             text = to_json(info, record_extra)
             _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())

@@ -10,7 +10,7 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs, _messages
+from keras_ckpt import _dist, _fs, _messages, _sharing
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
@@ -97,7 +97,9 @@ class CheckpointManager:
             model, as_policies(keep, KeepLast(3)), self.directory, self._dir.prefix
         )
         self._writer = AsyncWriter() if async_save else SyncWriter()
-        self._snapshots = Snapshotter(model, save_optimizer=self.save_optimizer)
+        # unchanged values (a frozen backbone) are shared with the previous checkpoint
+        self._shared = _sharing.SharedData(self.directory) if _sharing.ENABLED else None
+        self._snapshots = Snapshotter(model, self.save_optimizer, self._shared)
         self._record = SaveRecord(self._dir, model, self.save_optimizer, self.save_graph)
         self._lock = DirectoryLock(self.directory, self)
         self._closed = False
@@ -274,6 +276,8 @@ class CheckpointManager:
                 except BaseException:
                     self._dir.discard(info)  # never named by the state file: not saved
                     raise
+                if self._shared is not None:
+                    self._shared.committed(info.name)
             except Exception as exc:
                 raise self._save_failed(info, exc) from exc
             try:
