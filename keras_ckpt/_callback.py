@@ -26,11 +26,11 @@ import tensorflow as tf
 from keras_ckpt import _clock, _fs
 from keras_ckpt._fit_resume import Position, Resumption
 from keras_ckpt._lock import Claim, claiming
-from keras_ckpt._messages import same_step_line, say, skipped_line
+from keras_ckpt._messages import check_verbose, same_step_line, say, skipped_line
 from keras_ckpt._planning import check_monitors
 from keras_ckpt.directory import scan
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.manager import CheckpointManager, _check_verbose
+from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import EveryEpoch, KeepLast, KeepPolicy, SavePolicy, as_policies
 
 __all__ = ["CheckpointCallback"]
@@ -114,7 +114,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.save_on_train_end = bool(save_on_train_end)
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
-        self.verbose = _check_verbose(verbose)
+        self.verbose = check_verbose(verbose)
         self.resume = bool(resume)
         self.save_on_preemption = bool(save_on_preemption)
         self.save_graph = bool(save_graph)

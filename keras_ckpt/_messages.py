@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepPolicy, describe, monitors_of, ranking, resolve_mode
@@ -83,6 +84,29 @@ def deleted_line(label: str, gone: CheckpointInfo, policies: Sequence[KeepPolicy
     """`Epoch 3: deleted runs/last/ckpt-12 (not among the 3 newest)`."""
     why = " or ".join(describe(p) for p in policies)
     return f"{label}: deleted {gone.path} (not among {why})"
+
+
+def save_lines(
+    label: str,
+    info: CheckpointInfo,
+    planner: Any,
+    doomed: Sequence[CheckpointInfo],
+    preempted: bool,
+    background: bool,
+) -> list[str]:
+    """The verbose lines of one save (`SavePlanner` state before it): saved, then deleted."""
+    if preempted:
+        saved = f"{label}: saved {info.path} on preemption (SIGTERM)"
+    else:
+        saved = saved_line(label, info, planner.policies, planner.kept, planner.start, background)
+    return [saved, *(deleted_line(label, gone, planner.policies) for gone in doomed)]
+
+
+def check_verbose(verbose: object) -> int:
+    """`verbose` if it is 0, 1 or 2 (or more); else a `ValueError` naming it."""
+    if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
+        raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+    return verbose
 
 
 def skipped_line(

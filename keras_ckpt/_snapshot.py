@@ -11,7 +11,7 @@ no proxies) and writes them with one `SaveV2` op: the files are byte for byte th
 A synchronous save copies nothing: the tensors read from the variables share their buffers
 and are written before training goes on. An asynchronous save copies every value once, on
 the training thread, into host buffers that are allocated at the first save and reused by
-every later one (`_HostBuffers`: a plain memcpy into memory that is already mapped, ~0.12 s
+every later one (`HostBuffers`: a plain memcpy into memory that is already mapped, ~0.12 s
 for 1.2 GB here, against ~0.5 s for new tensors); the writer thread reads that memory
 through tensors that share it. Peak extra memory: one snapshot, held until `release`.
 Leaving the copy to TensorFlow's copy-on-write (a tensor read from a variable keeps the old
@@ -26,14 +26,13 @@ When TensorFlow's helpers are missing, the graph holds something the plan does n
 from __future__ import annotations
 
 import logging
-import mmap
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from keras_ckpt._buffers import HostBuffers
 from keras_ckpt._sharing import SharedData, shareable
 from keras_ckpt.writer import (
     Snapshot,
@@ -42,7 +41,6 @@ from keras_ckpt.writer import (
     _Leaf,
     _Node,
     _to_tensor,
-    lower_priority,
     take_snapshot,
 )
 
@@ -159,7 +157,7 @@ class _Plan:
         self.others = [(obj, name) for _, obj, name, _ in slow]
         with tf.device("/cpu:0"):
             self.graph = tf.constant(graph.SerializeToString())
-        self._reads = [
+        self.reads = [
             (v.handle, v.dtype, "CPU" in (v.device or "CPU").upper()) for v in self.variables
         ]
         self._sources = [obj for _, obj, _, _ in fast] + [obj for obj, _ in self.others]
@@ -174,7 +172,7 @@ class _Plan:
         known = {id(obj) for obj in signature}
         return all(id(obj) in known for obj in self._sources)
 
-    def read(self, buffers: _HostBuffers | None = None) -> list[tf.Tensor]:
+    def read(self, buffers: HostBuffers | None = None) -> list[tf.Tensor]:
         """The values of `variables` on the host.
 
         One eager op per variable (two when it lives on an accelerator): a `tf.function`
@@ -182,11 +180,11 @@ class _Plan:
         first save, more than the eager ops cost in hundreds of saves. Without `buffers`,
         host variables are not copied: the tensors share the variables' buffers, for a
         write that ends before training goes on. With `buffers`, each value is copied into
-        its reused host buffer (see `_HostBuffers`).
+        its reused host buffer (see `HostBuffers`).
         """
         out = []
         slots = buffers.slots if buffers is not None else None
-        for i, (handle, dtype, on_host) in enumerate(self._reads):
+        for i, (handle, dtype, on_host) in enumerate(self.reads):
             value = _read_variable(resource=handle, dtype=dtype)
             if not on_host:
                 with tf.device("/cpu:0"):
@@ -204,114 +202,6 @@ class _Plan:
 
 _read_variable = tf.raw_ops.ReadVariableOp
 _deep_copy = tf.raw_ops.DeepCopy
-_ALIGN = 64  # TensorFlow's CPU kernels need 64-byte aligned buffers (EIGEN_MAX_ALIGN_BYTES)
-_BUFFER_DTYPES = frozenset(
-    {
-        tf.float16,
-        tf.float32,
-        tf.float64,
-        tf.int8,
-        tf.int16,
-        tf.int32,
-        tf.int64,
-        tf.uint8,
-        tf.uint16,
-        tf.uint32,
-        tf.uint64,
-    }
-)
-
-
-def _arena(nbytes: int) -> np.ndarray:
-    """`nbytes` of zeroed host memory, page aligned, in huge pages where the OS offers them.
-
-    The first copy into new memory makes the kernel map and zero every page: 2.1 s for
-    1.2 GB in 4 KB pages here, 0.3 s with transparent huge pages (`MADV_HUGEPAGE`).
-    """
-    private = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
-    try:  # private: shared anonymous memory gets no huge pages
-        memory = mmap.mmap(-1, max(nbytes, 1), **({"flags": private} if private else {}))
-    except (OSError, ValueError):
-        return np.empty(nbytes + _ALIGN, np.uint8)
-    advise = getattr(memory, "madvise", None)
-    if advise is not None and hasattr(mmap, "MADV_HUGEPAGE"):
-        try:
-            advise(mmap.MADV_HUGEPAGE)
-        except OSError:
-            pass
-    return np.frombuffer(memory, np.uint8)
-
-
-def _shared_tensor(array: np.ndarray, dtype: tf.DType) -> tf.Tensor | None:
-    """A tensor over `array`'s memory (DLPack shares it instead of copying), or None."""
-    try:
-        tensor = tf.experimental.dlpack.from_dlpack(array.__dlpack__())
-        shared = np.asarray(tensor).ctypes.data == array.ctypes.data
-    except Exception:  # no DLPack in this numpy or TensorFlow
-        return None
-    return tensor if shared and tensor.dtype == dtype else None
-
-
-class _HostBuffers:
-    """One snapshot's worth of host memory, reused by every asynchronous save of a plan.
-
-    Copying into memory that is already mapped runs at memory bandwidth (~0.13 s for 1.2 GB
-    here); copying into new tensors makes the kernel map and zero their pages at every save
-    (~0.5 s). One arena holds every buffer, each 64-byte aligned (TensorFlow's CPU kernels
-    need it), and the writer reads it through tensors that share it. A variable whose dtype
-    cannot be shared this way (`slots[i]` None) is copied into a new tensor instead.
-    `busy` is True from the snapshot that fills the buffers until its write ends; a
-    snapshot taken meanwhile gets buffers of its own.
-    """
-
-    def __init__(self, plan: _Plan) -> None:
-        self.plan = plan
-        self.busy = False
-        layout: list[tuple[int, int] | None] = []
-        end = 0
-        for variable, (_, _, on_host) in zip(plan.variables, plan._reads, strict=True):
-            count = variable.shape.num_elements()
-            if not on_host or variable.dtype not in _BUFFER_DTYPES or not count:
-                layout.append(None)
-                continue
-            start = -end % _ALIGN + end
-            end = start + count * variable.dtype.size
-            layout.append((start, end))
-        arena = _arena(end)
-        shift = -arena.ctypes.data % _ALIGN  # 0 for mmap memory
-        self.slots: list[tuple[np.ndarray, tf.Tensor] | None] = []
-        for variable, span in zip(plan.variables, layout, strict=True):
-            if span is None:
-                self.slots.append(None)
-                continue
-            dtype = variable.dtype
-            array = arena[shift + span[0] : shift + span[1]].view(dtype.as_numpy_dtype)
-            array = array.reshape(variable.shape.as_list())
-            tensor = _shared_tensor(array, dtype)
-            self.slots.append((array, tensor) if tensor is not None else None)
-        self._arena = arena
-        self._mapping: threading.Thread | None = None
-
-    def map_in_background(self) -> None:
-        """Touches every page of the arena in a low-priority thread, ahead of the first copy.
-
-        Mapping new memory is most of the first save's cost (~1 s for 1.2 GB here, more in a
-        VM touching memory for the first time); done while training runs, the first save
-        then copies as fast as the later ones. `ready` waits for it.
-        """
-
-        def touch() -> None:
-            lower_priority()
-            self._arena[:: mmap.PAGESIZE] = 0  # contents do not matter: copies overwrite them
-
-        self._mapping = threading.Thread(target=touch, name="keras_ckpt-map", daemon=True)
-        self._mapping.start()
-
-    def ready(self) -> None:
-        """Waits until no thread touches the arena any more (before copying into it)."""
-        thread, self._mapping = self._mapping, None
-        if thread is not None:
-            thread.join()
 
 
 def same_objects(a: list[object], b: list[object]) -> bool:
@@ -347,7 +237,7 @@ class Snapshotter:
         self._plan: _Plan | None = None
         self._signature: list[object] | None = None  # held: their ids cannot be reused
         self._fast = True  # False once TF's serialisation helpers failed us
-        self._buffers: _HostBuffers | None = None
+        self._buffers: HostBuffers | None = None
 
     def _variables(self) -> list[object] | None:
         """The model's and optimizer's variables and the optimizer (None if unknown)."""
@@ -402,7 +292,7 @@ class Snapshotter:
         if copy:
             buffers = self._buffers
             if buffers is None or buffers.plan is not plan or buffers.busy:
-                buffers = self._buffers = _HostBuffers(plan)
+                buffers = self._buffers = HostBuffers(plan)
             buffers.ready()
             buffers.busy = True
         tensors = plan.read(buffers)
@@ -425,7 +315,7 @@ class Snapshotter:
         plan = self.plan()
         if plan is None or (self._buffers is not None and self._buffers.plan is plan):
             return
-        self._buffers = _HostBuffers(plan)
+        self._buffers = HostBuffers(plan)
         self._buffers.map_in_background()
 
     def release(self) -> None:
@@ -440,7 +330,7 @@ class _FastSnapshot:
         self,
         plan: _Plan,
         tensors: list[tf.Tensor],
-        buffers: _HostBuffers | None,
+        buffers: HostBuffers | None,
         shared: SharedData | None = None,
         candidates: list[int] | None = None,
         preferred: list[int] | None = None,

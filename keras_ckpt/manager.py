@@ -29,12 +29,6 @@ logger = logging.getLogger(__name__)
 __all__ = ["CheckpointManager"]
 
 
-def _check_verbose(verbose: object) -> int:
-    if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
-        raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
-    return verbose
-
-
 class CheckpointManager:
     """Saves a model into one directory and keeps what the keep policies protect.
 
@@ -86,7 +80,7 @@ class CheckpointManager:
         save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
-        self.verbose = _check_verbose(verbose)
+        self.verbose = _messages.check_verbose(verbose)
         self.save_graph = bool(save_graph)
         self.save_optimizer = bool(save_optimizer)
         self.async_save = bool(async_save)
@@ -247,17 +241,10 @@ class CheckpointManager:
             raise self._save_failed(info, exc) from exc
         if forced:
             extra["preempted"] = True  # a relaunch's planner keeps it while it is the newest
-        lines = []
+        lines = []  # printed once true: after the commit and the deletions
         if self.verbose:
             label = self.label or f"Step {info.step}"
-            lines.append(
-                f"{label}: saved {info.path} on preemption (SIGTERM)"
-                if forced
-                else _messages.saved_line(
-                    label, info, planner.policies, planner.kept, planner.start, background
-                )
-            )
-            lines += [_messages.deleted_line(label, gone, planner.policies) for gone in doomed]
+            lines = _messages.save_lines(label, info, planner, doomed, forced, background)
         planner.kept = kept
         self._saved_since_log.append(info.step)
         start = planner.start
