@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_model
 from loader_helpers import assert_weights, data_file, truncate
 
-from keras_ckpt import _fs, load_model, restore
+from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore
 
 
 class FileCalls:
@@ -89,3 +89,22 @@ def test_load_model_of_a_directory_reads_the_record_once(trained_run, monkeypatc
     assert calls.listings[os.path.basename(trained_run.directory)] == 1, calls.listings
     monkeypatch.undo()
     assert_weights(model, trained_run.per_epoch[3])
+
+
+def test_evaluate_checkpoints_reads_each_record_once_from_one_listing(trained_run, monkeypatch):
+    model = tiny_model(seed=7)
+    calls = FileCalls(monkeypatch)
+
+    rows = evaluate_checkpoints(trained_run.directory, (trained_run.x, trained_run.y), model=model)
+
+    assert [r["step"] for r in rows] == [8, 16, 24]
+    records = {n: c for n, c in calls.reads.items() if n.endswith(".json")}
+    assert records == {"ckpt-8.json": 1, "ckpt-16.json": 1, "ckpt-24.json": 1}, calls.reads
+    assert sum(calls.listings.values()) == 1, calls.listings
+    monkeypatch.undo()
+    last = tiny_model(seed=7)
+    restore(last, trained_run.directory / "ckpt-24")
+    assert rows[-1]["loss"] == pytest.approx(
+        last.evaluate(trained_run.x, trained_run.y, verbose=0, return_dict=True)["loss"],
+        rel=1e-6,
+    )
