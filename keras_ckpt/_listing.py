@@ -80,7 +80,11 @@ class Located:
 
 
 def locate(
-    checkpoint: str | os.PathLike[str], stacklevel: int = 3, *, lenient: bool = False
+    checkpoint: str | os.PathLike[str],
+    stacklevel: int = 3,
+    *,
+    lenient: bool = False,
+    warn: bool = True,
 ) -> Located:
     """A prefix for a prefix, the newest intact checkpoint for a directory, with its record.
 
@@ -93,6 +97,7 @@ def locate(
         stacklevel: Of the warning, for the user's frame.
         lenient: A prefix's garbled record does not raise: `info` is then taken from the
             prefix's name and `record` is None (for callers that never used the record).
+        warn: Warn about skipped damaged checkpoints (the CLI does not: `verify` names them).
 
     Raises:
         CheckpointNotFoundError: no such checkpoint, or no complete one in the directory.
@@ -120,7 +125,7 @@ def locate(
             )
         latest = listed[-1]
         skipped = newer_damaged(path, latest.step, found)
-        if skipped:
+        if skipped and warn:
             warnings.warn(
                 f"The newest checkpoint(s) in {path} are damaged and were skipped ("
                 + damaged_list(skipped)
