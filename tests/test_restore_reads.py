@@ -14,7 +14,7 @@ import pytest
 from conftest import tiny_model
 from loader_helpers import assert_weights, data_file, truncate
 
-from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore
+from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore, resume
 
 
 class FileCalls:
@@ -108,3 +108,16 @@ def test_evaluate_checkpoints_reads_each_record_once_from_one_listing(trained_ru
         last.evaluate(trained_run.x, trained_run.y, verbose=0, return_dict=True)["loss"],
         rel=1e-6,
     )
+
+
+def test_resume_reads_the_newest_record_once_from_one_listing(trained_run, monkeypatch):
+    model = tiny_model(seed=7)
+    calls = FileCalls(monkeypatch)
+
+    assert resume(model, trained_run.directory) == 3
+
+    assert calls.reads["ckpt-24.json"] == 1, calls.reads
+    assert sum(calls.listings.values()) == 1, calls.listings
+    monkeypatch.undo()
+    assert_weights(model, trained_run.per_epoch[3])
+    assert int(model.optimizer.iterations) == 24
