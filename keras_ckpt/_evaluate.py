@@ -72,10 +72,12 @@ def evaluate_each(
     batch_size: int | None,
     verbose: int,
     stacklevel: int = 3,
+    records: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """Restores each of `kept` into `model` (no optimizer state) and evaluates it.
 
     `stacklevel`: of the warnings, for the user's frame (3: called by the public function).
+    `records`: step -> parsed record, from the directory's `scan` (not read again).
     """
     x, y, sample_weight = split_data(data, batch_size)
     batches = _batched_once(x, y, sample_weight, batch_size)
@@ -87,7 +89,14 @@ def evaluate_each(
     rows: list[dict[str, Any]] = []
     for n, info in enumerate(kept, 1):
         try:
-            restore_into(model, info.path, strict=True, optimizer=False, stacklevel=stacklevel + 1)
+            restore_into(
+                model,
+                info.path,
+                strict=True,
+                optimizer=False,
+                stacklevel=stacklevel + 1,
+                record=(records or {}).get(info.step),
+            )
         except CheckpointCorruptError as exc:
             warnings.warn(
                 f"evaluate_checkpoints skipped {info.path}, which is damaged "
@@ -113,8 +122,9 @@ def evaluate_directory(
     if not _fs.isdir(path):
         raise CheckpointNotFoundError(f"No checkpoint directory at {path}.", path=path)
     split_data(data, batch_size)  # bad arguments fail before any work
-    kept = _listing.kept(path)
-    damaged = scan(path).damaged
+    found = scan(path)
+    kept = _listing.kept(path, found)
+    damaged = found.damaged
     if damaged:
         warnings.warn(
             f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
@@ -140,7 +150,9 @@ def evaluate_directory(
             "with the loss and metrics to report."
         )
     try:
-        return evaluate_each(model, kept, data, batch_size, verbose, stacklevel=4)
+        return evaluate_each(
+            model, kept, data, batch_size, verbose, stacklevel=4, records=found.records
+        )
     finally:
         if original is not None:
             _graph.set_weights(model, original)

@@ -241,15 +241,20 @@ class ImportedGraph:
     record: dict[str, Any] | None
     source: str
 
-    def restore(self, prefix: str, *, strict: bool, stacklevel: int = 3) -> bool:
-        """Assigns checkpoint `prefix`'s model variables (all checked first); returns False."""
+    def restore(
+        self, prefix: str, *, strict: bool, stacklevel: int = 3, record: dict | None = None
+    ) -> bool:
+        """Assigns checkpoint `prefix`'s model variables (all checked first); returns False.
+
+        `record`: the parsed `ckpt-N.json`, if the caller has read it (no second read).
+        """
         if self.record is None:
             raise CheckpointMismatchError(
                 f"{self.source} has no {RECORD} (it was not written by keras_ckpt), so its "
                 "variables cannot be matched to a checkpoint. Export it with "
                 "keras_ckpt.export_saved_model(checkpoint, export_dir)."
             )
-        reader = CheckpointReader(prefix)
+        reader = CheckpointReader(prefix, record)
         saved = _checkpoint_variables(reader, prefix)
         pairs, missing, shapes, used = [], [], [], set()
         for variable, entry in zip(self.variables, self.record["variables"], strict=True):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 from keras_ckpt import _fs
 from keras_ckpt._messages import damaged_list
@@ -63,36 +65,77 @@ def newer_damaged(directory: str, step: int, found: Scan | None = None) -> dict[
     return {n: why for n, why in damaged.items() if (step_of(n) or -1) > step}
 
 
-def resolve(checkpoint: str | os.PathLike[str], stacklevel: int = 3) -> str:
-    """A prefix for a prefix, the latest prefix for a directory.
+@dataclass(frozen=True)
+class Located:
+    """A `checkpoint` argument resolved once: its prefix, `CheckpointInfo` and record.
 
-    A directory whose newest checkpoints are damaged resolves to the newest intact one, with
-    a warning naming what was skipped.
+    `record` is the parsed `ckpt-N.json`, to hand on to `_restore.restore_into` and the
+    readers so that nothing reads it again; None when there is none (a plain TensorFlow
+    checkpoint) or, with `lenient`, when it is garbled (the readers then read it themselves).
+    """
+
+    prefix: str
+    info: CheckpointInfo
+    record: dict[str, Any] | None = None
+
+
+def locate(
+    checkpoint: str | os.PathLike[str],
+    stacklevel: int = 3,
+    *,
+    lenient: bool = False,
+    warn: bool = True,
+) -> Located:
+    """A prefix for a prefix, the newest intact checkpoint for a directory, with its record.
+
+    A directory is listed once (`directory.scan` parses every record, and the chosen one is
+    handed on); a prefix's record is read once. A directory whose newest checkpoints are
+    damaged resolves to the newest intact one, with a warning naming what was skipped.
+
+    Args:
+        checkpoint: A prefix (`.index` may be appended) or a directory.
+        stacklevel: Of the warning, for the user's frame.
+        lenient: A prefix's garbled record does not raise: `info` is then taken from the
+            prefix's name and `record` is None (for callers that never used the record).
+        warn: Warn about skipped damaged checkpoints (the CLI does not: `verify` names them).
+
+    Raises:
+        CheckpointNotFoundError: no such checkpoint, or no complete one in the directory.
+        CheckpointCorruptError: (unless `lenient`) a prefix's record is garbled.
     """
     path = _fs.fspath(checkpoint)
     if path.endswith(".index") and _fs.exists(path):
         path = path[: -len(".index")]
     if _fs.exists(path + ".index"):
-        return path
+        try:
+            return Located(path, *_read_record(path))
+        except CheckpointCorruptError:
+            if not lenient:
+                raise
+            return Located(path, _info_from_name(path))
     if _fs.isdir(path):
-        found = kept(path)
-        if not found:
+        found = scan(path)
+        listed = kept(path, found)
+        if not listed:
             raise CheckpointNotFoundError(
                 f"{path} holds no complete checkpoint. Train with a keras_ckpt callback into "
                 "it first, or run `keras-ckpt verify` on it to see what is there.",
                 path=path,
                 reason="no complete checkpoint",
             )
-        latest = found[-1].path
-        skipped = newer_damaged(path, found[-1].step)
-        if skipped:
+        latest = listed[-1]
+        skipped = newer_damaged(path, latest.step, found)
+        if skipped and warn:
             warnings.warn(
                 f"The newest checkpoint(s) in {path} are damaged and were skipped ("
                 + damaged_list(skipped)
-                + f"); using {latest}. Run `keras-ckpt verify {path}`.",
+                + f"); using {latest.path}. Run `keras-ckpt verify {path}`.",
                 stacklevel=stacklevel,
             )
-        return latest
+        record = found.records.get(latest.step)
+        if record is None:  # a plain TensorFlow checkpoint: no record of ours
+            return Located(latest.path, info_of(latest.path))
+        return Located(latest.path, latest, record)
     raise CheckpointNotFoundError(
         f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists.",
         path=path,
@@ -100,20 +143,34 @@ def resolve(checkpoint: str | os.PathLike[str], stacklevel: int = 3) -> str:
     )
 
 
-def info_of(prefix: str) -> CheckpointInfo:
-    """The `CheckpointInfo` of a prefix, from its record when there is one."""
+def resolve(checkpoint: str | os.PathLike[str], stacklevel: int = 3) -> str:
+    """A prefix for a prefix, the latest prefix for a directory (`locate(...).prefix`)."""
+    return locate(checkpoint, stacklevel + 1, lenient=True).prefix
+
+
+def _read_record(prefix: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
+    """The `CheckpointInfo` and parsed record of a prefix (one read; None: it has none)."""
     record = prefix + ".json"
-    if _fs.exists(record):
-        try:
-            return from_json(_fs.read_text(record), prefix)[0]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CheckpointCorruptError(
-                f"{record} is not a valid checkpoint record ({exc}): run "
-                f"`keras-ckpt verify {_fs.dirname(prefix)}`",
-                path=prefix,
-                file=record,
-                reason=str(exc),
-            ) from exc
+    if not _fs.exists(record):
+        return _info_from_name(prefix), None
+    try:
+        return from_json(_fs.read_text(record), prefix)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointCorruptError(
+            f"{record} is not a valid checkpoint record ({exc}): run "
+            f"`keras-ckpt verify {_fs.dirname(prefix)}`",
+            path=prefix,
+            file=record,
+            reason=str(exc),
+        ) from exc
+
+
+def _info_from_name(prefix: str) -> CheckpointInfo:
     step = step_of(_fs.basename(prefix))
     saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0
     return CheckpointInfo(prefix, step if step is not None else 0, None, {}, saved)
+
+
+def info_of(prefix: str) -> CheckpointInfo:
+    """The `CheckpointInfo` of a prefix, from its record when there is one."""
+    return _read_record(prefix)[0]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from typing import Any
 
 import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
@@ -49,14 +50,22 @@ def blame(prefix: str, exc: BaseException, default: str) -> str:
     return default
 
 
-def check_sizes(prefix: str) -> None:
-    """Raises `CheckpointCorruptError` if a file differs in size from what its record says."""
-    record = prefix + ".json"
-    if not _fs.exists(record):
-        return
+def check_sizes(prefix: str, record: dict[str, Any] | None = None) -> None:
+    """Raises `CheckpointCorruptError` if a file differs in size from what its record says.
+
+    `record`: the parsed `ckpt-N.json`, if the caller has read it (no second read).
+    """
+    if record is None:
+        path = prefix + ".json"
+        if not _fs.exists(path):
+            return
+        try:
+            record = json.loads(_fs.read_text(path))
+        except ValueError:
+            return
     try:
-        files = json.loads(_fs.read_text(record)).get("files", {})
-    except (ValueError, AttributeError):
+        files = record.get("files", {})
+    except AttributeError:
         return
     directory = _fs.dirname(prefix)
     for name, expected in files.items():
@@ -83,14 +92,15 @@ def check_sizes(prefix: str) -> None:
 class CheckpointReader:
     """The index of one checkpoint: shapes, dtypes and object graph; `read` fetches values."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, record: dict[str, Any] | None = None) -> None:
+        """`record`: the parsed `ckpt-N.json`, if the caller has read it (no second read)."""
         self.prefix = prefix
         index = prefix + ".index"
         if not _fs.exists(index):
             raise CheckpointNotFoundError(
                 f"No checkpoint at {prefix}: {index} does not exist.", path=prefix, file=index
             )
-        check_sizes(prefix)
+        check_sizes(prefix, record)
         try:
             reader = tf.compat.v1.train.NewCheckpointReader(prefix)
             self.shapes = {k: tuple(v) for k, v in reader.get_variable_to_shape_map().items()}

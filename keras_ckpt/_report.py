@@ -11,14 +11,14 @@ import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import _fs
 from keras_ckpt import _shared_record as _sharing
 from keras_ckpt._listing import info_of
 from keras_ckpt._listing import kept as list_checkpoints
 from keras_ckpt.directory import scan
-from keras_ckpt.info import prefix_name
+from keras_ckpt.info import CheckpointInfo, prefix_name
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 if TYPE_CHECKING:
@@ -203,12 +203,17 @@ def _shared_note(prefix: str) -> str:
     return f", of which {human_bytes(shared)} shared with " + (", ".join(others) or "no other")
 
 
-def inspect_report(prefix: str) -> list[str]:
-    """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable."""
+def inspect_report(
+    prefix: str, info: CheckpointInfo | None = None, record: dict[str, Any] | None = None
+) -> list[str]:
+    """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable.
+
+    `info`, `record`: the checkpoint's, if the caller has them (`_listing.locate`).
+    """
     from keras_ckpt._reader import CheckpointReader  # TensorFlow: only this report needs it
 
-    info = info_of(prefix)
-    reader = CheckpointReader(prefix)
+    info = info if info is not None else info_of(prefix)
+    reader = CheckpointReader(prefix, record)
     groups = _groups(reader)
     epoch = "" if info.epoch is None else f", epoch {info.epoch}"
     lines = [

@@ -115,7 +115,13 @@ def _pair(
 
 
 def restore_into(
-    model: Any, prefix: str, *, strict: bool, optimizer: bool = True, stacklevel: int = 3
+    model: Any,
+    prefix: str,
+    *,
+    strict: bool,
+    optimizer: bool = True,
+    stacklevel: int = 3,
+    record: dict[str, Any] | None = None,
 ) -> bool:
     """Restores checkpoint `prefix` into `model`; see `keras_ckpt.loader.restore`.
 
@@ -126,16 +132,18 @@ def restore_into(
         optimizer: Also restore the optimizer state when the model is compiled and the
             checkpoint has one (False for evaluation, which never needs it).
         stacklevel: For the warnings, so they point at the user's call.
+        record: The parsed `ckpt-N.json` of `prefix`, if the caller has it (`_listing.locate`,
+            a directory's `scan`): it is not read again. None: read here when needed.
 
     Returns:
         True if the optimizer state was restored.
     """
     graph = _graph.imported(model)
     if graph is not None:  # a SavedModel import: matched through its record (no optimizer)
-        return graph.restore(prefix, strict=strict, stacklevel=stacklevel + 1)
-    reader = CheckpointReader(prefix)
+        return graph.restore(prefix, strict=strict, stacklevel=stacklevel + 1, record=record)
+    reader = CheckpointReader(prefix, record)
     # random-number state TF's checkpoint leaves out; only into the same architecture
-    untracked = read_recorded(prefix, stacklevel=stacklevel + 1) if strict else None
+    untracked = read_recorded(prefix, stacklevel + 1, record) if strict else None
     if reader.graph is None:
         raise CheckpointMismatchError(
             f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
@@ -242,7 +250,11 @@ def restore_newest(
     for info in reversed(kept):
         try:
             optimizer_restored = restore_into(
-                model, info.path, strict=True, stacklevel=stacklevel + 1
+                model,
+                info.path,
+                strict=True,
+                stacklevel=stacklevel + 1,
+                record=found.records.get(info.step),
             )
         except CheckpointCorruptError as exc:
             warnings.warn(

@@ -149,18 +149,22 @@ def _well_formed(entry: Any) -> bool:
     return value is None or _is_int_list(value)
 
 
-def read_recorded(prefix: str, stacklevel: int = 3) -> list[dict[str, Any] | None] | None:
+def read_recorded(
+    prefix: str, stacklevel: int = 3, record: dict[str, Any] | None = None
+) -> list[dict[str, Any] | None] | None:
     """The untracked-state entries of `prefix`'s record; None if it has none.
 
     A malformed entry becomes None (its position still counts), with one warning: the
     weights restore all the same, only those generators restart from their seeds.
+    `record`: the parsed `ckpt-N.json`, if the caller has read it (no second read).
     """
     path = prefix + ".json"
-    try:
-        record = json.loads(_fs.read_text(path)) if _fs.exists(path) else None
-    except Exception as exc:  # the record was read and checked before: just skip
-        logger.info("keras_ckpt: no random-number state from %s (%s)", path, exc)
-        return None
+    if record is None:
+        try:
+            record = json.loads(_fs.read_text(path)) if _fs.exists(path) else None
+        except Exception as exc:  # the record was read and checked before: just skip
+            logger.info("keras_ckpt: no random-number state from %s (%s)", path, exc)
+            return None
     entries = record.get(RECORD_KEY) if isinstance(record, dict) else None
     if entries is None:
         return None

@@ -17,8 +17,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keras_ckpt import _fs, _report
-from keras_ckpt.errors import CheckpointError
+from keras_ckpt import _fs, _listing, _report
+from keras_ckpt.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["main"]
 
@@ -57,19 +57,20 @@ def _directory(path: str) -> str:
     raise _Exit(f"no such directory: {path}", 2)
 
 
-def _checkpoint(path: str) -> str:
-    """A checkpoint prefix, or the latest one of a directory."""
-    path = _fs.fspath(path)
-    if _fs.exists(path + ".index"):
-        return path
-    if _fs.isdir(path):
-        from keras_ckpt import loader
+def _checkpoint(path: str, lenient: bool = False) -> _listing.Located:
+    """A checkpoint prefix, or the latest intact one of a directory, with its record.
 
-        latest = loader.latest_checkpoint(path)
-        if latest is None:
-            raise _Exit(f"{path} holds no complete checkpoint (see `{PROG} verify {path}`)", 1)
-        return latest
-    raise _Exit(f"no such checkpoint or directory: {path}", 2)
+    Resolved as the loader resolves it (`_listing.locate`), without the warning about
+    skipped damaged checkpoints (`verify` names them). `lenient`: see `locate`.
+    """
+    path = _fs.fspath(path)
+    try:
+        return _listing.locate(path, lenient=lenient, warn=False)
+    except CheckpointNotFoundError:
+        if _fs.isdir(path):
+            why = f"{path} holds no complete checkpoint (see `{PROG} verify {path}`)"
+            raise _Exit(why, 1) from None
+        raise _Exit(f"no such checkpoint or directory: {path}", 2) from None
 
 
 # -- commands -----------------------------------------------------------------------------------
@@ -88,7 +89,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    print("\n".join(_report.inspect_report(_checkpoint(args.checkpoint))))
+    found = _checkpoint(args.checkpoint)
+    print("\n".join(_report.inspect_report(found.prefix, found.info, found.record)))
     return 0
 
 
@@ -110,7 +112,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    prefix = _checkpoint(args.checkpoint)
+    prefix = _checkpoint(args.checkpoint, lenient=True).prefix
     out = _fs.fspath(args.out)
     if _fs.exists(out) and (not _fs.isdir(out) or _fs.list_dir(out)):
         raise _Exit(f"{out} already exists and is not an empty directory: choose a new one", 2)

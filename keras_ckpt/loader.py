@@ -27,8 +27,7 @@ from keras_ckpt import (
     _model_json,
     _verify,
 )
-from keras_ckpt._listing import info_of
-from keras_ckpt._listing import resolve as _resolve
+from keras_ckpt._listing import locate
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into, restore_newest
 from keras_ckpt.errors import CheckpointNotFoundError
@@ -112,10 +111,9 @@ def restore(
         >>> restore(build_model(), "runs/best").step
         1200
     """
-    prefix = _resolve(checkpoint)
-    info = info_of(prefix)  # a garbled record raises here, before any variable changes
-    restore_into(model, prefix, strict=strict)
-    return info
+    found = locate(checkpoint)  # a garbled record raises here, before any variable changes
+    restore_into(model, found.prefix, strict=strict, record=found.record)
+    return found.info
 
 
 # -- resuming -----------------------------------------------------------------------------------
@@ -201,20 +199,23 @@ def load_model(
         >>> model = load_model("runs/best")
         >>> model.predict(x)
     """
-    prefix = _resolve(checkpoint)
-    model = _graph_import.build_model(_fs.dirname(prefix), custom_objects)
-    restore_into(model, prefix, strict=True, stacklevel=3)
+    found = locate(checkpoint, lenient=True)
+    model = _graph_import.build_model(_fs.dirname(found.prefix), custom_objects)
+    restore_into(model, found.prefix, strict=True, stacklevel=3, record=found.record)
     return model
 
 
 def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
     """The model with the checkpoint's state: `model`, or one rebuilt from model.json."""
-    prefix = _resolve(checkpoint, stacklevel=4)
+    found = locate(checkpoint, stacklevel=4, lenient=True)
+    directory = _fs.dirname(found.prefix)
     if model is None and optimizer:
-        model = _model_json.build_model(_fs.dirname(prefix), compile=optimizer)
+        model = _model_json.build_model(directory, compile=optimizer)
     elif model is None:  # a SavedModel export: from graph/ when model.json cannot rebuild it
-        model = _graph_import.build_model(_fs.dirname(prefix), compile=False)
-    restore_into(model, prefix, strict=True, optimizer=optimizer, stacklevel=4)
+        model = _graph_import.build_model(directory, compile=False)
+    restore_into(
+        model, found.prefix, strict=True, optimizer=optimizer, stacklevel=4, record=found.record
+    )
     return model
 
 
