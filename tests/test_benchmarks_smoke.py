@@ -21,6 +21,11 @@ SAVE_STALL = [
     "--many-layers", "20", "--many-saves", "2",
 ]  # fmt: skip
 RESTORE = ["benchmarks/restore.py", "--mb", "0.5", "--layers", "2", "--rounds", "1"]
+TRANSFER = [
+    "benchmarks/save_stall.py", "--scenario", "transfer", "--transfer-mb", "4",
+    "--head-mb", "0.1", "--transfer-saves", "3", "--transfer-rounds", "1",
+]  # fmt: skip
+AB = ["benchmarks/sharing_ab.py", "--mb", "1", "--layers", "2", "--saves", "2"]
 
 
 def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
@@ -86,4 +91,31 @@ def test_benchmark_scripts_print_json_with_expected_keys(tmp_path):
         assert row["hot_mb_s"] > 0 and row["cold_mb_s"] > 0
     assert set(restore["targets"]) == {"restore_le_1.1x_tf_read_hot",
                                        "restore_le_1.1x_tf_read_cold"}  # fmt: skip
+    assert list(tmp_path.glob("*/keras_ckpt-*")) == []  # scratch files are removed
+
+
+def test_shared_data_benchmarks_print_json_with_expected_keys(tmp_path):
+    (tmp_path / "t").mkdir()
+    (tmp_path / "a").mkdir()
+    transfer_proc = _start(TRANSFER, tmp_path / "t")
+    ab_proc = _start(AB, tmp_path / "a")
+    transfer, ab = _result(transfer_proc), _result(ab_proc)
+
+    assert transfer["scenario"] == "transfer_learning"
+    assert set(transfer["peers"]) == {"tf_checkpoint_manager", "keras_ckpt_sync",
+                                      "keras_ckpt_async", "keras_ckpt_sync_unshared"}  # fmt: skip
+    peers = transfer["peers"]
+    for row in peers.values():
+        assert row["save_call_s"] > 0 and row["disk_used_bytes"] > 0
+    if sys.platform.startswith("linux"):  # bytes written come from /proc/self/io
+        full = peers["tf_checkpoint_manager"]["bytes_written_per_save"]
+        assert peers["keras_ckpt_sync"]["bytes_written_per_save"] < full / 2
+        assert peers["keras_ckpt_sync_unshared"]["bytes_written_per_save"] >= full * 0.9
+    assert set(transfer["targets"]) >= {
+        "sync_save_call_le_0.1x_tf_save",
+        "disk_used_keep_5_le_1.2x_one_checkpoint",
+    }
+    assert ab["benchmark"] == "sharing_ab"
+    for mode in ("sync", "async"):
+        assert ab["modes"][mode]["shared_over_unshared"] > 0
     assert list(tmp_path.glob("*/keras_ckpt-*")) == []  # scratch files are removed
