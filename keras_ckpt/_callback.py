@@ -25,10 +25,10 @@ import tensorflow as tf
 
 from keras_ckpt import _clock, _fs
 from keras_ckpt._fit_resume import Position, Resumption
+from keras_ckpt._layout import scan
 from keras_ckpt._lock import Claim, claiming
 from keras_ckpt._messages import check_verbose, same_step_line, say, skipped_line
 from keras_ckpt._planning import check_monitors
-from keras_ckpt.directory import scan
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import EveryEpoch, KeepLast, KeepPolicy, SavePolicy, as_policies

@@ -17,11 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_ckpt import _fs, _graph, _graph_import, _listing, _model_json
+from keras_ckpt import _fs, _graph, _graph_import, _layout, _model_json
+from keras_ckpt._layout import scan
 from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import describe
 from keras_ckpt._restore import restore_into
-from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 
@@ -123,7 +123,7 @@ def evaluate_directory(
         raise CheckpointNotFoundError(f"No checkpoint directory at {path}.", path=path)
     split_data(data, batch_size)  # bad arguments fail before any work
     found = scan(path)
-    kept = _listing.kept(path, found)
+    kept = _layout.kept(path, found)
     damaged = found.damaged
     if damaged:
         warnings.warn(

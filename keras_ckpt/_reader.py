@@ -16,6 +16,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_ckpt import _fs
+from keras_ckpt._layout import size_mismatches
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.errors import short_reason as short
 
@@ -68,9 +69,9 @@ def check_sizes(prefix: str, record: dict[str, Any] | None = None) -> None:
     except AttributeError:
         return
     directory = _fs.dirname(prefix)
-    for name, expected in files.items():
+    for name, actual, expected in size_mismatches(directory, files):
         path = _fs.join(directory, name)
-        if not _fs.exists(path):
+        if actual is None:
             raise CheckpointCorruptError(
                 f"{path} is missing: the checkpoint {prefix} is incomplete. Restore another "
                 f"one (`keras-ckpt list {directory}`).",
@@ -78,15 +79,13 @@ def check_sizes(prefix: str, record: dict[str, Any] | None = None) -> None:
                 file=path,
                 reason="missing",
             )
-        actual = _fs.size(path)
-        if actual != expected:
-            raise CheckpointCorruptError(
-                f"{path} is truncated or altered ({actual} of {expected} bytes): restore "
-                f"another checkpoint, or run `keras-ckpt verify {directory}`",
-                path=prefix,
-                file=path,
-                reason=f"{actual} of {expected} bytes",
-            )
+        raise CheckpointCorruptError(
+            f"{path} is truncated or altered ({actual} of {expected} bytes): restore "
+            f"another checkpoint, or run `keras-ckpt verify {directory}`",
+            path=prefix,
+            file=path,
+            reason=f"{actual} of {expected} bytes",
+        )
 
 
 class CheckpointReader:

@@ -1,6 +1,6 @@
 """Text reports for the `keras-ckpt` command line: the checkpoint table and a variable list.
 
-Pure reading and formatting over `_listing`, `directory` and `_reader`; `cli` only parses and
+Pure reading and formatting over `_layout` and `_reader`; `cli` only parses and
 prints. `list_report` needs no TensorFlow (`keras-ckpt list` starts quietly); `inspect_report`
 imports the reader, and with it TensorFlow, when called.
 """
@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import _fs
 from keras_ckpt import _shared_record as _sharing
-from keras_ckpt._listing import info_of
-from keras_ckpt._listing import kept as list_checkpoints
-from keras_ckpt.directory import scan
+from keras_ckpt._layout import info_of, scan
+from keras_ckpt._layout import kept as list_checkpoints
 from keras_ckpt.info import CheckpointInfo, prefix_name
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
@@ -208,7 +207,7 @@ def inspect_report(
 ) -> list[str]:
     """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable.
 
-    `info`, `record`: the checkpoint's, if the caller has them (`_listing.locate`).
+    `info`, `record`: the checkpoint's, if the caller has them (`_layout.locate`).
     """
     from keras_ckpt._reader import CheckpointReader  # TensorFlow: only this report needs it
 

@@ -15,11 +15,11 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _assets, _dist, _fs, _graph, _listing
+from keras_ckpt import _assets, _dist, _fs, _graph, _layout
+from keras_ckpt._layout import scan
 from keras_ckpt._messages import damaged_list
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
-from keras_ckpt.directory import scan
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointMismatchError
 from keras_ckpt.info import CheckpointInfo
 
@@ -132,7 +132,7 @@ def restore_into(
         optimizer: Also restore the optimizer state when the model is compiled and the
             checkpoint has one (False for evaluation, which never needs it).
         stacklevel: For the warnings, so they point at the user's call.
-        record: The parsed `ckpt-N.json` of `prefix`, if the caller has it (`_listing.locate`,
+        record: The parsed `ckpt-N.json` of `prefix`, if the caller has it (`_layout.locate`,
             a directory's `scan`): it is not read again. None: read here when needed.
 
     Returns:
@@ -238,8 +238,8 @@ def restore_newest(
     if not _fs.isdir(directory):
         return None
     found = scan(directory)
-    kept = _listing.kept(directory, found)
-    skipped = _listing.newer_damaged(directory, kept[-1].step if kept else -1, found)
+    kept = _layout.kept(directory, found)
+    skipped = _layout.newer_damaged(directory, kept[-1].step if kept else -1, found)
     if skipped:
         warnings.warn(
             f"{who}: the newest checkpoint(s) in {directory} are damaged and were skipped ("

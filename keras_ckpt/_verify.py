@@ -19,8 +19,8 @@ import json
 
 from keras_ckpt import _assets, _fs, _graph
 from keras_ckpt import _shared_record as _sharing
+from keras_ckpt._layout import STATE, parse_state, scan, size_mismatches
 from keras_ckpt._reader import CheckpointReader, describe
-from keras_ckpt.directory import STATE, parse_state, scan
 from keras_ckpt.errors import CheckpointCorruptError
 from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of
 
@@ -45,16 +45,13 @@ def _record_problems(prefix: str) -> tuple[list[str], bool]:
         return [*lines, f"{record}: lists no files"], True
     directory = _fs.dirname(prefix)
     sizes_ok = True
-    for fname, expected in sorted(files.items()):
+    for fname, actual, expected in size_mismatches(directory, files):
         path = _fs.join(directory, fname)
-        if not _fs.exists(path):
+        sizes_ok = False
+        if actual is None:
             lines.append(f"{path}: missing (listed in {_fs.basename(record)})")
-            sizes_ok = False
-            continue
-        actual = _fs.size(path)
-        if actual != expected:
+        else:
             lines.append(f"{path}: {actual} bytes, expected {expected} (truncated or altered)")
-            sizes_ok = False
     return lines, sizes_ok
 
 

@@ -1,7 +1,7 @@
 """`watch`: a sidecar evaluator that scores each checkpoint of a running training job.
 
-The watcher is a reader of the training directory only: it lists it (`_listing.kept`, the
-records `directory.scan` reads), reads the run marker of `.lock` (`_lock.run_state`) and
+The watcher is a reader of the training directory only: it lists it (`_layout.kept`, the
+records `_layout.scan` reads), reads the run marker of `.lock` (`_lock.run_state`) and
 restores checkpoints, all through the file layer (`tf.io.gfile`). Everything it writes goes
 to its own output directory::
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _evaluate, _export, _fs, _graph, _graph_import, _listing, _model_json
+from keras_ckpt import _evaluate, _export, _fs, _graph, _graph_import, _layout, _model_json
 from keras_ckpt._lock import run_state
 from keras_ckpt._messages import say
 from keras_ckpt._restore import restore_into
@@ -228,7 +228,7 @@ class _Watcher:
             while True:
                 state, _ = run_state(self.directory)  # read first: "ended" covers the listing
                 try:
-                    kept = _listing.kept(self.directory)
+                    kept = _layout.kept(self.directory)
                     failures = 0
                 except (tf.errors.OpError, OSError) as exc:  # a file went while listed
                     failures += 1

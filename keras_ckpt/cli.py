@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keras_ckpt import _fs, _listing, _report
+from keras_ckpt import _fs, _layout, _report
 from keras_ckpt.errors import CheckpointError, CheckpointNotFoundError
 
 __all__ = ["main"]
@@ -57,15 +57,15 @@ def _directory(path: str) -> str:
     raise _Exit(f"no such directory: {path}", 2)
 
 
-def _checkpoint(path: str, lenient: bool = False) -> _listing.Located:
+def _checkpoint(path: str, lenient: bool = False) -> _layout.Located:
     """A checkpoint prefix, or the latest intact one of a directory, with its record.
 
-    Resolved as the loader resolves it (`_listing.locate`), without the warning about
+    Resolved as the loader resolves it (`_layout.locate`), without the warning about
     skipped damaged checkpoints (`verify` names them). `lenient`: see `locate`.
     """
     path = _fs.fspath(path)
     try:
-        return _listing.locate(path, lenient=lenient, warn=False)
+        return _layout.locate(path, lenient=lenient, warn=False)
     except CheckpointNotFoundError:
         if _fs.isdir(path):
             why = f"{path} holds no complete checkpoint (see `{PROG} verify {path}`)"

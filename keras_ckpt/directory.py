@@ -24,166 +24,26 @@ import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from keras_ckpt import _fs
-from keras_ckpt._lock import LOCK
-from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of, to_json
+from keras_ckpt._layout import (
+    STATE,
+    TMP_PREFIX,
+    TRASH_PREFIX,
+    Scan,
+    format_state,
+    is_temp_dir,
+    is_temp_file,
+    owned_files,
+    scan,
+)
+from keras_ckpt.info import CheckpointInfo, prefix_name, to_json
 
 logger = logging.getLogger(__name__)
-
-STATE = "checkpoint"
-TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = TMP_PREFIX + "trash-"
-_RECORD_RE = re.compile(r"^(ckpt-\d+)\.json$")
-_INDEX_RE = re.compile(r"^(ckpt-\d+)\.index$")
-_STATE_LINE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
-
-
-@dataclass
-class Scan:
-    """What a directory holds: kept (complete, ours) checkpoints oldest first, and problems."""
-
-    kept: list[CheckpointInfo] = field(default_factory=list)
-    damaged: dict[str, str] = field(default_factory=dict)  # prefix name -> why
-    partial: list[str] = field(default_factory=list)  # prefix names of interrupted saves
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # step -> sidecar record
-    newest_step: int = -1  # over everything on disk, damaged included
-    start: float | None = None  # keep_every_n_hours counts from here
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def format_state(names: list[str], timestamps: list[float], start: float) -> str:
-    """A `checkpoint` file as `tf.train.CheckpointManager` writes it (relative paths)."""
-    lines = []
-    if names:
-        lines.append(f"model_checkpoint_path: {_quote(names[-1])}")
-    lines += [f"all_model_checkpoint_paths: {_quote(n)}" for n in names]
-    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in timestamps]
-    lines.append(f"last_preserved_timestamp: {start!r}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_state(text: str) -> dict[str, list[str]]:
-    """Parses a `checkpoint` file into field -> values.
-
-    Raises:
-        ValueError: a line is not of the `key: value` form.
-    """
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        match = _STATE_LINE_RE.match(line)
-        if not match:
-            raise ValueError(f"unreadable line {line[:60]!r}")
-        key, value = match.groups()
-        if value.startswith('"'):
-            if not value.endswith('"') or len(value) < 2:
-                raise ValueError(f"unterminated string in line {line[:60]!r}")
-            value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
-        out.setdefault(key, []).append(value)
-    return out
-
-
-def scan(directory: str) -> Scan:
-    """Reads the records of `directory` (no writes). Damaged checkpoints are reported, not kept."""
-    result = Scan()
-    names = _fs.list_dir(directory)
-    present = set(names)
-    for name in names:  # a record without index is a leftover: its step was never taken
-        match = _INDEX_RE.match(name)
-        if match:
-            step = step_of(match.group(1))
-            if step is not None:
-                result.newest_step = max(result.newest_step, step)
-    for name in names:
-        match = _RECORD_RE.match(name)
-        if not match:
-            continue
-        prefix = match.group(1)
-        path = _fs.join(directory, prefix)
-        try:
-            info, record = from_json(_fs.read_text(_fs.join(directory, name)), path)
-        except (ValueError, KeyError, TypeError) as exc:
-            result.damaged[prefix] = f"{name} is not a valid record ({exc})"
-            continue
-        if prefix_name(info.step) != prefix:
-            result.damaged[prefix] = f"{name} records step {info.step}, not {prefix}"
-            continue
-        if f"{prefix}.index" not in present:
-            result.partial.append(prefix)
-            continue
-        problem = _check_files(directory, record, present)
-        if problem:
-            result.damaged[prefix] = problem
-            continue
-        result.kept.append(info)
-        result.records[info.step] = record
-    result.kept.sort(key=lambda i: i.step)
-    result.start = _state_start(directory, present)
-    return result
-
-
-def _check_files(directory: str, record: dict[str, Any], present: set[str]) -> str | None:
-    files = record.get("files")
-    if not isinstance(files, dict) or not files:
-        return "its record lists no files"
-    for fname, expected in files.items():
-        if fname not in present:
-            return f"{fname} is missing"
-        actual = _fs.size(_fs.join(directory, fname))
-        if actual != expected:
-            return f"{fname} is {actual} bytes, expected {expected} (truncated or altered)"
-    return None
-
-
-def _state_start(directory: str, present: set[str]) -> float | None:
-    if STATE not in present:
-        return None
-    try:
-        fields = parse_state(_fs.read_text(_fs.join(directory, STATE)))
-        return float(fields["last_preserved_timestamp"][-1])
-    except (ValueError, KeyError, IndexError, UnicodeDecodeError):
-        return None
-
-
-_DATA_RE = re.compile(r"^(ckpt-\d+)\.data-\d{5}-of-\d{5}$")
-
-
-def _owned_files(prefix: str, names: list[str]) -> list[str]:
-    """The files of our checkpoint `prefix` among `names`: index first, record last."""
-    data = [n for n in names if (m := _DATA_RE.match(n)) and m.group(1) == prefix]
-    return [f"{prefix}.index", *data, f"{prefix}.json"]
-
-
-# Exactly the names `commit` and `_fs.write_atomic` give their temporaries (12 hex digits),
-# so that a user's `.tmp-scratch/` or `checkpoint.tmp-backup` is never taken for one.
-_TMP_DIR_RE = re.compile(r"^\.tmp-(ckpt-\d+|trash|graph)-[0-9a-f]{12}$")
-_TMP_FILE_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{12}$")
-
-
-def _is_temp_dir(name: str) -> bool:
-    """`.tmp-ckpt-N-<token>` (a save in progress), `.tmp-trash-<token>` (a deletion),
-    `.tmp-graph-<token>` (`graph/` being written)."""
-    return bool(_TMP_DIR_RE.match(name))
-
-
-def _is_temp_file(name: str) -> bool:
-    """`checkpoint.tmp-*`, `ckpt-N.json.tmp-*`, `model.json.tmp-*`: our atomic-write temps."""
-    match = _TMP_FILE_RE.match(name)
-    if not match:
-        return False
-    base = match.group(1)
-    return base in (STATE, "model.json", "history.jsonl", LOCK) or bool(_RECORD_RE.match(base))
 
 
 # -- the directory --------------------------------------------------------------------------------
@@ -195,6 +55,10 @@ def _unlink_trash(trash: str) -> None:
         _fs.rmtree(trash)
     except Exception as exc:  # the next cleanup() tries again
         logger.warning("Could not remove %s (%s); the next run removes it.", trash, exc)
+
+
+class DeletionError(OSError):
+    """A save was committed, but deleting the checkpoints it replaced failed."""
 
 
 class CheckpointDirectory:
@@ -215,15 +79,15 @@ class CheckpointDirectory:
         removed = []
         for name in _fs.list_dir(self.path):
             full = _fs.join(self.path, name)
-            if _is_temp_dir(name) and _fs.isdir(full):
+            if is_temp_dir(name) and _fs.isdir(full):
                 _fs.rmtree(full)
                 removed.append(name)
-            elif _is_temp_file(name):
+            elif is_temp_file(name):
                 _fs.remove(full)
                 removed.append(name)
         names = _fs.list_dir(self.path)
         for prefix in found.partial:
-            for fname in _owned_files(prefix, names):
+            for fname in owned_files(prefix, names):
                 if _fs.remove(_fs.join(self.path, fname)):
                     removed.append(fname)
         if removed:
@@ -233,28 +97,72 @@ class CheckpointDirectory:
     def commit(
         self,
         info: CheckpointInfo,
-        write: Callable[[str], None],
+        write: Callable[[str], Any],
         extra: dict[str, Any] | None = None,
+        *,
+        kept: list[CheckpointInfo],
+        start: float,
+        doomed: Sequence[CheckpointInfo] = (),
+        replaced: Sequence[CheckpointInfo] = (),
         flush_early: bool = True,
-        before_publish: Callable[[], None] | None = None,
+        published: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
-        """Writes one checkpoint atomically (all files complete, or none visible as kept).
+        """One save, as a transaction: all of it, or nothing of it, is ever named.
+
+        1. The files are written under a temporary folder (`write`), fsynced, the record
+           added, then renamed in: record, data, `.index` last.
+        2. The state file is replaced to name exactly `kept`: the commit point. A failure
+           before it removes every file of this save (earlier checkpoints are untouched).
+        3. `published(name)` learns of the commit (shared data); `doomed` are deleted.
 
         Args:
             info: The checkpoint to write; `info.step` names it.
             write: Writes TF checkpoint files at the prefix it is given; may return more
                 fields for the record (which files hold data shared with other checkpoints).
             extra: More fields for the JSON record.
+            kept: What the state file names once this save is in (it included).
+            start: When the directory was first managed (the state file records it).
+            doomed: Checkpoints this save replaces in the kept list: deleted after the commit.
+            replaced: A checkpoint of the same step this one replaces: un-named, then removed
+                once the new files are complete, just before they are renamed in.
             flush_early: Flush the files while `write` writes them, so that the `fsync`
                 after it waits only for the tail (what a save on the training thread
                 wants); False leaves the flushing to that `fsync`, using less CPU while
                 `write` runs (what a background save next to training wants).
-            before_publish: Called once the files are complete, just before they are renamed
-                in (a replacement removes the checkpoint it replaces there).
+            published: Called with the checkpoint's name once the state file names it.
 
         Returns:
             The JSON record written.
+
+        Raises:
+            DeletionError: the save is committed, but deleting `doomed` failed.
+            Exception: whatever failed before the commit point (nothing of the save remains).
         """
+        record = self._write_files(info, write, extra, flush_early, kept, start, replaced)
+        try:
+            self.write_state(kept, start)
+        except BaseException:
+            self.discard(info)  # never named by the state file: not saved
+            raise
+        if published is not None:
+            published(info.name)
+        try:
+            self.delete(list(doomed))
+        except Exception as exc:
+            raise DeletionError(str(exc)) from exc
+        return record
+
+    def _write_files(
+        self,
+        info: CheckpointInfo,
+        write: Callable[[str], Any],
+        extra: dict[str, Any] | None,
+        flush_early: bool,
+        kept: list[CheckpointInfo],
+        start: float,
+        replaced: Sequence[CheckpointInfo],
+    ) -> dict[str, Any]:
+        """Step 1 of `commit`: the checkpoint's files, complete, renamed into the directory."""
         name = prefix_name(info.step)
         tmpdir = _fs.join(self.path, f"{TMP_PREFIX}{name}-{_fs.temp_name('x')[-12:]}")
         moved: list[str] = []  # renamed into the directory so far
@@ -275,8 +183,9 @@ class CheckpointDirectory:
             text = to_json(info, record_extra)
             _fs.write_bytes(_fs.join(tmpdir, f"{name}.json"), text.encode())
             data = sorted(f for f in files if f != f"{name}.index")
-            if before_publish is not None:
-                before_publish()
+            if replaced:  # the state file names complete checkpoints only
+                self.write_state([i for i in kept if i.step != info.step], start)
+                self.delete(list(replaced))
             for fname in [f"{name}.json", *data, f"{name}.index"]:
                 _fs.rename(_fs.join(tmpdir, fname), _fs.join(self.path, fname), overwrite=True)
                 moved.append(fname)
@@ -290,7 +199,7 @@ class CheckpointDirectory:
 
     def discard(self, info: CheckpointInfo) -> None:
         """Removes a just-committed checkpoint that the state file never named (a failed save)."""
-        self._discard(_owned_files(info.name, _fs.list_dir(self.path)))
+        self._discard(owned_files(info.name, _fs.list_dir(self.path)))
 
     def _discard(self, names: Any) -> None:
         """Best-effort removal on an error path: the error being raised is the one to report."""
@@ -336,7 +245,7 @@ class CheckpointDirectory:
         if not doomed:
             return
         names = _fs.list_dir(self.path)
-        files = [f for info in doomed for f in _owned_files(info.name, names)]
+        files = [f for info in doomed for f in owned_files(info.name, names)]
         trash = None  # elsewhere than on a local disk: removed here, one by one
         if _fs.is_local(self.path):
             trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")

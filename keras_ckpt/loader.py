@@ -4,7 +4,7 @@
 in the checkpoint (never by guessing key names), compares every shape and dtype first, and
 assigns only when all is well, so a failed restore leaves the model as it was.
 
-This module holds the public functions; the work is done in private modules: `_listing`
+This module holds the public functions; the work is done in private modules: `_layout`
 (kept checkpoints, what a `checkpoint` argument means), `_reader` (one checkpoint's index and
 values, TensorFlow's read errors translated), `_restore` (object-graph matching),
 `_model_json` (rebuilding a model without running code from the file), `_export`
@@ -23,11 +23,11 @@ from keras_ckpt import (
     _export,
     _fs,
     _graph_import,
-    _listing,
+    _layout,
     _model_json,
     _verify,
 )
-from keras_ckpt._listing import locate
+from keras_ckpt._layout import locate
 from keras_ckpt._reader import CheckpointReader, check_sizes, describe  # noqa: F401
 from keras_ckpt._restore import restore_into, restore_newest
 from keras_ckpt.errors import CheckpointNotFoundError
@@ -61,7 +61,7 @@ def list_checkpoints(directory: str | os.PathLike[str]) -> list[CheckpointInfo]:
         >>> [(i.step, i.metrics["val_loss"]) for i in list_checkpoints("runs/best")]
         [(400, 0.31), (800, 0.27)]
     """
-    return _listing.kept(_fs.fspath(directory))
+    return _layout.kept(_fs.fspath(directory))
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> str | None:

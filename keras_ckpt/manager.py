@@ -17,7 +17,7 @@ from keras_ckpt._planning import SavePlanner
 from keras_ckpt._preemption import PreemptionWatch
 from keras_ckpt._record import SaveRecord, write_and_discard
 from keras_ckpt._snapshot import Snapshotter
-from keras_ckpt.directory import CheckpointDirectory
+from keras_ckpt.directory import CheckpointDirectory, DeletionError
 from keras_ckpt.errors import CheckpointError
 from keras_ckpt.errors import short_reason as _describe
 from keras_ckpt.info import CheckpointInfo, clean_metrics
@@ -255,26 +255,21 @@ class CheckpointManager:
                     info,
                     snapshot.write,
                     extra,
+                    kept=kept,
+                    start=start,
+                    doomed=doomed,
+                    replaced=replaced or (),
                     flush_early=not background,
-                    before_publish=self._unpublisher(replaced, kept, start),
+                    published=self._shared.committed if self._shared is not None else None,
                 )
-                try:
-                    self._dir.write_state(kept, start)
-                except BaseException:
-                    self._dir.discard(info)  # never named by the state file: not saved
-                    raise
-                if self._shared is not None:
-                    self._shared.committed(info.name)
-            except Exception as exc:
-                raise self._save_failed(info, exc) from exc
-            try:
-                self._dir.delete(doomed)
-            except Exception as exc:
+            except DeletionError as exc:
                 raise CheckpointError(
                     f"Saved {info.path}, but deleting older checkpoints failed: "
-                    f"{_describe(exc)}. They are no longer in the state file; the next save "
-                    "deletes them."
+                    f"{_describe(exc.__cause__ or exc)}. They are no longer in the state "
+                    "file; the next save deletes them."
                 ) from exc
+            except Exception as exc:
+                raise self._save_failed(info, exc) from exc
             for line in lines:  # printed once true: after the commit and the deletions
                 say(line)
 
@@ -296,19 +291,6 @@ class CheckpointManager:
             say(f"{label}: preempted (SIGTERM); {info.path} holds this step already")
         self._planner.pinned = info.step
         return info
-
-    def _unpublisher(
-        self, replaced: list[CheckpointInfo] | None, kept: list[CheckpointInfo], start: float
-    ) -> Any:
-        """For a replacement: un-name, then remove, the checkpoint the new one replaces."""
-        if not replaced:
-            return None
-
-        def unpublish() -> None:
-            self._dir.write_state(kept[:-1], start)  # the state file names complete ones only
-            self._dir.delete(replaced)
-
-        return unpublish
 
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
         return CheckpointError(

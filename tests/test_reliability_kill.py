@@ -46,7 +46,7 @@ import tensorflow as tf
 from _crash_worker import CRASH_POINTS, build_model
 
 from keras_ckpt import CheckpointManager, KeepLast, list_checkpoints, restore
-from keras_ckpt.directory import scan
+from keras_ckpt._layout import scan
 
 WORKER = Path(__file__).with_name("_crash_worker.py")
 ROOT = Path(__file__).resolve().parent.parent
