@@ -15,6 +15,7 @@ from typing import Any
 import tensorflow as tf
 
 from keras_ckpt import _clock, _dist
+from keras_ckpt._layout import Scan
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.policies import KeepAny, KeepPolicy, best_by, judges_weights, monitors_of, ranking
@@ -111,6 +112,33 @@ class SavePlanner:
         self.pinned: int | None = None  # a preemption save: kept while it is the newest
         self._counter = 0  # steps of a model without an optimizer
         self._warned_diverged = False
+
+    # -- what the planner knows of the directory ---------------------------------------------
+
+    def load(self, found: Scan) -> None:
+        """Adopts what a scan of the directory found: kept list, newest step, start, pin."""
+        self.kept = found.kept
+        self.newest_step = max(self.newest_step, found.newest_step)
+        if found.start is not None:
+            self.start = found.start
+        elif found.kept:
+            self.start = min(self.start, found.kept[0].saved_at)
+        newest = found.kept[-1].step if found.kept else None
+        self.pinned = newest if found.records.get(newest, {}).get("preempted") else None
+
+    def taking(self, step: int, *, preempted: bool) -> None:
+        """A save of `step` is under way: no later save may reuse its step (a preemption
+        save stays pinned while it is the newest)."""
+        self.newest_step = step
+        self.pinned = step if preempted else None
+
+    def pin(self, step: int) -> None:
+        """Keeps checkpoint `step` whatever the keep policies say while it is the newest."""
+        self.pinned = step
+
+    def keep(self, kept: list[CheckpointInfo]) -> None:
+        """The kept list once the planned save is in (what `plan` returned)."""
+        self.kept = kept
 
     def best(self, monitor: str | None = None) -> CheckpointInfo | None:
         """The best kept checkpoint by the first policy ranking by a metric (or `monitor`)."""

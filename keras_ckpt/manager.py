@@ -123,17 +123,9 @@ class CheckpointManager:
                 f"`keras-ckpt verify {self.directory}`.",
                 stacklevel=3,
             )
-        planner = self._planner
-        planner.kept = found.kept
-        planner.newest_step = max(planner.newest_step, found.newest_step)
-        if found.start is not None:
-            planner.start = found.start
-        elif found.kept:
-            planner.start = min(planner.start, found.kept[0].saved_at)
-        newest = found.kept[-1].step if found.kept else None
-        planner.pinned = newest if found.records.get(newest, {}).get("preempted") else None
+        self._planner.load(found)
         if cleanup:
-            self._dir.sync_state(planner.kept, planner.start)
+            self._dir.sync_state(self._planner.kept, self._planner.start)
 
     @property
     def checkpoints(self) -> list[CheckpointInfo]:
@@ -225,10 +217,9 @@ class CheckpointManager:
         info, kept, doomed = plan
         if replaced:
             doomed = []
-        planner.newest_step = info.step
-        planner.pinned = info.step if forced else None
+        planner.taking(info.step, preempted=forced)
         if not self.is_chief:
-            planner.kept = kept
+            planner.keep(kept)
             write_and_discard(self.model, self.save_optimizer)
             return info
         self._writer.wait()  # one write in flight, one snapshot in memory
@@ -245,7 +236,7 @@ class CheckpointManager:
         if self.verbose:
             label = self.label or f"Step {info.step}"
             lines = _messages.save_lines(label, info, planner, doomed, forced, background)
-        planner.kept = kept
+        planner.keep(kept)
         self._saved_since_log.append(info.step)
         start = planner.start
 
@@ -289,7 +280,7 @@ class CheckpointManager:
         if self.verbose and self._planner.pinned != info.step:  # else said when it was saved
             label = self.label or f"Step {info.step}"
             say(f"{label}: preempted (SIGTERM); {info.path} holds this step already")
-        self._planner.pinned = info.step
+        self._planner.pin(info.step)
         return info
 
     def _save_failed(self, info: CheckpointInfo, exc: BaseException) -> CheckpointError:
