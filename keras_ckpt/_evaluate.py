@@ -115,6 +115,32 @@ def evaluate_each(
     return rows
 
 
+def compiled_model(path: str, model: Any, who: str) -> Any:
+    """`model`, or the directory's own (model.json, else graph/), checked to be compiled.
+
+    Raises:
+        ValueError: the model is not compiled (`who` names the caller), so it has no loss
+            or metrics to report.
+    """
+    given = model is not None
+    if model is None:
+        model = _graph_import.build_model(path)
+    if not getattr(model, "compiled", False):
+        why = (
+            "the `model` passed is not compiled"
+            if given
+            else f"{_model_json.model_json_path(path)} records no compile config (the model "
+            "was not compiled when first saved)"
+        )
+        if not given and _graph.imported(model) is not None:
+            why = f"{_graph.graph_dir(path)} records no loss (the model was not compiled)"
+        raise ValueError(
+            f"{who} needs a compiled model: {why}. Pass `model=` compiled with the loss and "
+            "metrics to report."
+        )
+    return model
+
+
 def evaluate_directory(
     path: str, data: Any, model: Any, batch_size: int | None, verbose: int
 ) -> list[dict[str, Any]]:
@@ -134,21 +160,7 @@ def evaluate_directory(
     if not kept:
         return []
     original = None if model is None else _graph.get_weights(model)
-    if model is None:
-        model = _graph_import.build_model(path)
-    if not getattr(model, "compiled", False):
-        why = (
-            "the `model` passed is not compiled"
-            if original is not None
-            else f"{_model_json.model_json_path(path)} records no compile config (the model "
-            "was not compiled when first saved)"
-        )
-        if original is None and _graph.imported(model) is not None:
-            why = f"{_graph.graph_dir(path)} records no loss (the model was not compiled)"
-        raise ValueError(
-            f"evaluate_checkpoints needs a compiled model: {why}. Pass `model=` compiled "
-            "with the loss and metrics to report."
-        )
+    model = compiled_model(path, model, "evaluate_checkpoints")
     try:
         return evaluate_each(
             model, kept, data, batch_size, verbose, stacklevel=4, records=found.records

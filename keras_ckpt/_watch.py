@@ -29,7 +29,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from keras_ckpt import _evaluate, _export, _fs, _graph, _graph_import, _layout, _model_json
+from keras_ckpt import _evaluate, _export, _fs, _graph, _layout
 from keras_ckpt._lock import run_state
 from keras_ckpt._messages import say
 from keras_ckpt._restore import restore_into
@@ -287,21 +287,9 @@ class _Watcher:
     # -- one checkpoint -------------------------------------------------------------------------
 
     def _build(self) -> Any:
-        if self.model is None:
-            self.model = _graph_import.build_model(self.directory)  # model.json, else graph/
-        elif self.original is None:
+        if self.given and self.original is None:
             self.original = _graph.get_weights(self.model)
-        if not getattr(self.model, "compiled", False):
-            why = (
-                "the `model` passed is not compiled"
-                if self.given
-                else f"{_model_json.model_json_path(self.directory)} records no compile "
-                "config (the model was not compiled when first saved)"
-            )
-            raise ValueError(
-                f"watch needs a compiled model: {why}. Pass `model=` compiled with the loss "
-                "and metrics to report."
-            )
+        self.model = _evaluate.compiled_model(self.directory, self.model, "watch")
         return self.model
 
     def _evaluate(self, info: CheckpointInfo) -> None:
