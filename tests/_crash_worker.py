@@ -50,6 +50,12 @@ BATCHES_PER_EPOCH = 8
 BATCH = 8
 
 
+def _say(line: str) -> None:
+    """One line to the test, in one `write` (atomic on a pipe): a SIGKILL, or another thread
+    printing, can never leave half a line for the next one to run into."""
+    os.write(1, (line + "\n").encode())
+
+
 def build_model(small: bool = False) -> keras.Model:
     """The kill test's model: also built by the test to restore what the workers saved."""
     hidden = 16 if small else WIDTH_HIDDEN
@@ -69,7 +75,7 @@ class Announce(keras.callbacks.Callback):
     """Placed before the checkpoint callback: a save point begins."""
 
     def on_train_batch_end(self, batch, logs=None):
-        print("saving", flush=True)
+        _say("saving")
 
 
 class Progress(keras.callbacks.Callback):
@@ -87,13 +93,13 @@ class Progress(keras.callbacks.Callback):
             "tf_latest": tf.train.latest_checkpoint(directory),
             "resumed": self.resumed,
         }
-        print("begin " + json.dumps(state), flush=True)
+        _say("begin " + json.dumps(state))
 
     def on_train_batch_end(self, batch, logs=None):
         kept = self.ckpt.checkpoints
         done = kept if not self.ckpt.async_save else kept[:-1]  # the newest may be in flight
         if done and (self.resumed is None or done[-1].step > self.resumed):
-            print(f"committed {done[-1].step}", flush=True)
+            _say(f"committed {done[-1].step}")
 
 
 # Where a worker SIGKILLs itself during its third save (a rotation: max_to_keep=2), to hit
@@ -170,7 +176,7 @@ def train(directory: str, mode: str, clean: bool, small: bool, crash_at: str | N
         + ([ArmAt(2, _arm(crash_at))] if crash_at else []),
         verbose=0,
     )
-    print("done", flush=True)
+    _say("done")
 
 
 def _fork_worker(job: dict) -> int:
@@ -195,14 +201,14 @@ def _fork_worker(job: dict) -> int:
 
 
 def serve() -> None:
-    print("ready", flush=True)
+    _say("ready")
     for line in sys.stdin:
         cmd, _, rest = line.strip().partition(" ")
         if cmd == "run":
-            print(f"pid {_fork_worker(json.loads(rest))}", flush=True)
+            _say(f"pid {_fork_worker(json.loads(rest))}")
         elif cmd == "wait":
             _, status = os.waitpid(int(rest), 0)
-            print(f"exit {rest} {os.waitstatus_to_exitcode(status)}", flush=True)
+            _say(f"exit {rest} {os.waitstatus_to_exitcode(status)}")
         elif cmd == "quit":
             return
 
