@@ -14,9 +14,34 @@ from typing import Any
 
 import keras
 
-from keras_ckpt import _fs, _graph, _graph_import
+from keras_ckpt import _fs, _graph, _graph_import, _model_json
+from keras_ckpt._layout import Located
+from keras_ckpt._restore import restore_into
 
 WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def model_to_export(found: Located, model: Any, *, optimizer: bool, stacklevel: int = 4) -> Any:
+    """The model with the state of checkpoint `found`: `model`, else one rebuilt.
+
+    Rebuilt from `model.json` (compiled as recorded, for a `.weights.h5` with optimizer
+    state); for a SavedModel (`optimizer=False`) from `model.json`, else the directory's
+    `graph/`. The record `found` carries is handed on: nothing is read twice.
+    """
+    directory = _fs.dirname(found.prefix)
+    if model is None and optimizer:
+        model = _model_json.build_model(directory, compile=optimizer)
+    elif model is None:  # a SavedModel export: from graph/ when model.json cannot rebuild it
+        model = _graph_import.build_model(directory, compile=False)
+    restore_into(
+        model,
+        found.prefix,
+        strict=True,
+        optimizer=optimizer,
+        stacklevel=stacklevel,
+        record=found.record,
+    )
+    return model
 
 
 def check_export_dir(export_dir: str) -> None:

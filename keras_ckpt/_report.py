@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import _fs
 from keras_ckpt import _shared_record as _sharing
-from keras_ckpt._layout import info_of, scan
+from keras_ckpt._layout import Located, scan
 from keras_ckpt._layout import kept as list_checkpoints
-from keras_ckpt.info import CheckpointInfo, prefix_name
+from keras_ckpt.info import prefix_name
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 if TYPE_CHECKING:
@@ -184,40 +184,42 @@ def _groups(reader: CheckpointReader) -> dict[str, list[_Variable]]:
     return groups
 
 
-def _shared_note(prefix: str) -> str:
-    """`, of which 3.1 MB shared with ckpt-4, ckpt-8` for a checkpoint holding shared data."""
-    directory = _fs.dirname(prefix)
-    found = scan(directory) if _fs.exists(prefix + ".json") else None
-    records = {prefix_name(s): r for s, r in found.records.items()} if found else {}
-    mine = _sharing.shared_files(records.get(_fs.basename(prefix), {}))
+def _shared_note(prefix: str, record: dict[str, Any] | None) -> str:
+    """`, of which 3.1 MB shared with ckpt-4, ckpt-8` for a checkpoint holding shared data.
+
+    `record`: the checkpoint's, if the caller has it. The directory is scanned (for the
+    other holders) only when the checkpoint holds shared data.
+    """
+    name = _fs.basename(prefix)
+    mine = _sharing.shared_files(record or {})
     if not mine:
         return ""
-    holders = _sharing.sharers(records)
-    record = records[_fs.basename(prefix)]
+    found = scan(_fs.dirname(prefix))
+    holders = _sharing.sharers({prefix_name(s): r for s, r in found.records.items()})
     shared = sum(int(record["files"][n]) for n in mine)
     others = sorted(
-        {n for e in mine.values() for n in holders.get(str(e["id"]), [])} - {_fs.basename(prefix)},
+        {n for e in mine.values() for n in holders.get(str(e["id"]), [])} - {name},
         key=lambda n: int(n.split("-")[-1]),
     )
     return f", of which {human_bytes(shared)} shared with " + (", ".join(others) or "no other")
 
 
-def inspect_report(
-    prefix: str, info: CheckpointInfo | None = None, record: dict[str, Any] | None = None
-) -> list[str]:
+def inspect_report(found: Located) -> list[str]:
     """The lines of `keras-ckpt inspect`: the checkpoint, its metrics and every variable.
 
-    `info`, `record`: the checkpoint's, if the caller has them (`_layout.locate`).
+    `found`: the checkpoint, resolved once (`_layout.locate`); its record is not read again.
     """
     from keras_ckpt._reader import CheckpointReader  # TensorFlow: only this report needs it
 
-    info = info if info is not None else info_of(prefix)
-    reader = CheckpointReader(prefix, record)
+    prefix, info, record = found.prefix, found.info, found.record
+    reader = CheckpointReader(prefix, record)  # it checked the files' sizes against the record
+    files = (record or {}).get("files")
+    size = sum(map(int, files.values())) if isinstance(files, dict) else checkpoint_bytes(prefix)
     groups = _groups(reader)
     epoch = "" if info.epoch is None else f", epoch {info.epoch}"
     lines = [
         f"{prefix}: step {info.step}{epoch}, saved {_when(info.saved_at)}, "
-        f"{human_bytes(checkpoint_bytes(prefix))} on disk{_shared_note(prefix)}"
+        f"{human_bytes(size)} on disk{_shared_note(prefix, record)}"
     ]
     if info.metrics:
         lines.append("metrics: " + "  ".join(f"{k}={_number(v)}" for k, v in info.metrics.items()))

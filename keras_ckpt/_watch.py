@@ -209,6 +209,7 @@ class _Watcher:
         self.skipped: set[int] = set()
         self.best: tuple[float, dict[str, Any]] | None = None  # (score, row)
         self.best_weights: list[Any] | None = None  # of `best`, while its export is due
+        self.records: dict[int, dict[str, Any]] = {}  # step -> record, of the latest listing
         text = _fs.read_text(self.log) if _fs.exists(self.log) else ""
         self.torn = bool(text) and not text.endswith("\n")  # a watcher killed mid-line
         for row in _read_rows(text):
@@ -228,7 +229,9 @@ class _Watcher:
             while True:
                 state, _ = run_state(self.directory)  # read first: "ended" covers the listing
                 try:
-                    kept = _layout.kept(self.directory)
+                    found = _layout.scan(self.directory) if _fs.isdir(self.directory) else None
+                    kept = _layout.kept(self.directory, found) if found else []
+                    self.records = found.records if found else {}  # handed on to restore
                     failures = 0
                 except (tf.errors.OpError, OSError) as exc:  # a file went while listed
                     failures += 1
@@ -292,11 +295,18 @@ class _Watcher:
         self.model = _evaluate.compiled_model(self.directory, self.model, "watch")
         return self.model
 
+    def _restore(self, model: Any, path: str, step: int, stacklevel: int) -> None:
+        """Restores checkpoint `path` with the record the latest listing read (no re-read)."""
+        record = self.records.get(step)
+        restore_into(
+            model, path, strict=True, optimizer=False, stacklevel=stacklevel, record=record
+        )
+
     def _evaluate(self, info: CheckpointInfo) -> None:
         began = time.monotonic()
         model = self._build()
         try:
-            restore_into(model, info.path, strict=True, optimizer=False, stacklevel=5)
+            self._restore(model, info.path, info.step, stacklevel=6)
         except _READ_ERRORS as exc:
             if not _fs.exists(info.path + ".index"):
                 self._skip(info.step, "was rotated away while it was read")
@@ -359,7 +369,7 @@ class _Watcher:
         if self.best_weights is None:  # a restarted watcher: the best row of the file
             path = self.best[1]["path"]
             try:
-                restore_into(self._build(), path, strict=True, optimizer=False, stacklevel=4)
+                self._restore(self._build(), path, step, stacklevel=5)
             except _READ_ERRORS:
                 if _fs.exists(path + ".index"):
                     raise

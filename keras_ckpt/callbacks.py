@@ -133,9 +133,7 @@ class RotatingCheckpoint(CheckpointCallback):
         save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
-        keep: list[KeepPolicy] = [_keep_last("max_to_keep", max_to_keep)]
-        if keep_every_n_hours is not None:
-            keep.append(_keep_hours(keep_every_n_hours))
+        keep = _rotation(_keep_last("max_to_keep", max_to_keep), keep_every_n_hours)
         super().__init__(
             directory,
             save=save_every(save_freq),
@@ -186,11 +184,8 @@ class TimedCheckpoint(CheckpointCallback):
         save_graph: bool = False,
     ) -> None:
         _check_positive_number("every_seconds", every_seconds)
-        keep: list[KeepPolicy] = [
-            KeepAll() if max_to_keep is None else _keep_last("max_to_keep", max_to_keep)
-        ]
-        if keep_every_n_hours is not None:
-            keep.append(_keep_hours(keep_every_n_hours))
+        newest = KeepAll() if max_to_keep is None else _keep_last("max_to_keep", max_to_keep)
+        keep = _rotation(newest, keep_every_n_hours)
         super().__init__(
             directory,
             save=EveryNSeconds(every_seconds),
@@ -203,6 +198,14 @@ class TimedCheckpoint(CheckpointCallback):
             save_on_preemption=save_on_preemption,
             save_graph=save_graph,
         )
+
+
+def _rotation(newest: KeepPolicy, keep_every_n_hours: float | None) -> list[KeepPolicy]:
+    """`newest`, plus one checkpoint per `keep_every_n_hours` kept for good."""
+    keep = [newest]
+    if keep_every_n_hours is not None:
+        keep.append(_keep_hours(keep_every_n_hours))
+    return keep
 
 
 def _keep_last(name: str, value: Any) -> KeepLast:

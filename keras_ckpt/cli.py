@@ -89,8 +89,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    found = _checkpoint(args.checkpoint)
-    print("\n".join(_report.inspect_report(found.prefix, found.info, found.record)))
+    print("\n".join(_report.inspect_report(_checkpoint(args.checkpoint))))
     return 0
 
 
@@ -112,18 +111,21 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    prefix = _checkpoint(args.checkpoint, lenient=True).prefix
+    found = _checkpoint(args.checkpoint, lenient=True)
     out = _fs.fspath(args.out)
     if _fs.exists(out) and (not _fs.isdir(out) or _fs.list_dir(out)):
         raise _Exit(f"{out} already exists and is not an empty directory: choose a new one", 2)
     _quiet_tensorflow()
-    from keras_ckpt import loader
+    from keras_ckpt import _export
 
-    try:
-        out = loader.export_saved_model(prefix, out)
+    try:  # the checkpoint's record, read once by _checkpoint, is handed on
+        model = _export.model_to_export(found, None, optimizer=False)
+        out = _export.write_saved_model(model, out)
     except ValueError as exc:  # model.json refused (it would run code) or not rebuildable
         raise _Exit(str(exc), 1) from None
-    print(f"exported {prefix} to {out} (a SavedModel: keras_ckpt.load_saved_model or serving)")
+    print(
+        f"exported {found.prefix} to {out} (a SavedModel: keras_ckpt.load_saved_model or serving)"
+    )
     return 0
 
 

@@ -24,7 +24,6 @@ from keras_ckpt import (
     _fs,
     _graph_import,
     _layout,
-    _model_json,
     _verify,
 )
 from keras_ckpt._layout import locate
@@ -208,15 +207,7 @@ def load_model(
 def _prepare(checkpoint: str | os.PathLike[str], model: Any, *, optimizer: bool) -> Any:
     """The model with the checkpoint's state: `model`, or one rebuilt from model.json."""
     found = locate(checkpoint, stacklevel=4, lenient=True)
-    directory = _fs.dirname(found.prefix)
-    if model is None and optimizer:
-        model = _model_json.build_model(directory, compile=optimizer)
-    elif model is None:  # a SavedModel export: from graph/ when model.json cannot rebuild it
-        model = _graph_import.build_model(directory, compile=False)
-    restore_into(
-        model, found.prefix, strict=True, optimizer=optimizer, stacklevel=4, record=found.record
-    )
-    return model
+    return _export.model_to_export(found, model, optimizer=optimizer, stacklevel=5)
 
 
 def export_saved_model(

@@ -90,7 +90,8 @@ class CheckpointManager:
         self._planner = SavePlanner(
             model, as_policies(keep, KeepLast(3)), self.directory, self._dir.prefix
         )
-        self._writer = AsyncWriter() if async_save else SyncWriter()
+        self._inline = SyncWriter()  # synchronous saves, and preemption saves of async ones
+        self._writer = AsyncWriter() if async_save else self._inline
         # unchanged values (a frozen backbone) are shared with the previous checkpoint
         self._shared = _sharing.SharedData(self.directory) if _sharing.ENABLED else None
         self._snapshots = Snapshotter(model, self.save_optimizer, self._shared)
@@ -264,14 +265,11 @@ class CheckpointManager:
             for line in lines:  # printed once true: after the commit and the deletions
                 say(line)
 
-        if background:
-            self._writer.submit(job)
-        else:
-            try:
-                job()
-            except BaseException:
-                self._reload()
-                raise
+        try:
+            (self._writer if background else self._inline).submit(job)
+        except BaseException:  # a synchronous save failed: the directory is as it was
+            self._reload()
+            raise
         return info
 
     def _saved_already(self, info: CheckpointInfo) -> CheckpointInfo:

@@ -121,3 +121,59 @@ def test_resume_reads_the_newest_record_once_from_one_listing(trained_run, monke
     monkeypatch.undo()
     assert_weights(model, trained_run.per_epoch[3])
     assert int(model.optimizer.iterations) == 24
+
+
+def test_cli_inspect_of_a_directory_reads_the_record_once(trained_run, monkeypatch, capsys):
+    from keras_ckpt.cli import main
+
+    calls = FileCalls(monkeypatch)
+
+    assert main(["inspect", str(trained_run.directory)]) == 0
+
+    assert calls.reads["ckpt-24.json"] == 1, calls.reads
+    assert sum(calls.listings.values()) == 1, calls.listings
+    assert capsys.readouterr().out.startswith(f"{trained_run.directory / 'ckpt-24'}: step 24")
+
+
+def test_cli_export_reads_the_record_once(trained_run, tmp_path, monkeypatch, capsys):
+    from keras_ckpt import load_saved_model
+    from keras_ckpt.cli import main
+
+    out = tmp_path / "exported"
+    calls = FileCalls(monkeypatch)
+
+    assert main(["export", str(trained_run.directory), str(out)]) == 0
+
+    assert calls.reads["ckpt-24.json"] == 1, calls.reads
+    assert calls.listings[os.path.basename(trained_run.directory)] == 1, calls.listings
+    monkeypatch.undo()
+    assert "exported" in capsys.readouterr().out
+    served = load_saved_model(out)
+    reference = tiny_model(seed=7)
+    restore(reference, trained_run.directory / "ckpt-24")
+    x = trained_run.x[:16]
+    assert served.predict(x, verbose=0) == pytest.approx(reference.predict(x, verbose=0), abs=1e-6)
+
+
+def test_watch_reads_each_record_only_in_its_listings(trained_run, tmp_path, monkeypatch):
+    from keras_ckpt import watch
+
+    name = os.path.basename(trained_run.directory)
+    calls = FileCalls(monkeypatch)
+
+    rows = watch(
+        trained_run.directory,
+        (trained_run.x, trained_run.y),
+        model=tiny_model(seed=7),
+        output=tmp_path / "eval",
+        poll_seconds=0.01,
+        timeout=5,
+    )
+
+    assert [r["step"] for r in rows] == [8, 16, 24]
+    for step in (8, 16, 24):  # the restores read none: only each listing's scan does
+        assert calls.reads[f"ckpt-{step}.json"] == calls.listings[name], (calls.reads, step)
+    monkeypatch.undo()
+    assert rows == evaluate_checkpoints(
+        trained_run.directory, (trained_run.x, trained_run.y), model=tiny_model(seed=7)
+    )
