@@ -1,4 +1,4 @@
-"""Shared helpers: tiny real models, real files, real TensorFlow (no mocks)."""
+"""Fixtures: tiny data, one trained directory per session, a fake clock (helpers: tests/helpers)."""
 
 from __future__ import annotations
 
@@ -10,54 +10,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
-
-def tiny_model(width: int = 8, out: int = 1, compile: bool = True, seed: int = 0) -> keras.Model:
-    """A small dense regressor with named layers `body` and `head`."""
-    keras.utils.set_random_seed(seed)
-    model = keras.Sequential(
-        [
-            keras.Input((4,)),
-            keras.layers.Dense(width, activation="relu", name="body"),
-            keras.layers.Dense(out, name="head"),
-        ]
-    )
-    if compile:
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
-    return model
-
-
-def tiny_data(n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    x = rng.random((n, 4)).astype("float32")
-    y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")).astype("float32")
-    return x, y
-
-
-def weights_equal(a: keras.Model, b: keras.Model) -> bool:
-    wa, wb = a.get_weights(), b.get_weights()
-    return len(wa) == len(wb) and all(np.array_equal(x, y) for x, y in zip(wa, wb))
-
-
-class SetLogs(keras.callbacks.Callback):
-    """Placed before a checkpoint callback: overwrites `logs[name]` with scripted values."""
-
-    def __init__(self, name: str, values: list[float], per: str = "epoch") -> None:
-        super().__init__()
-        self.name, self.values, self.per, self.i = name, list(values), per, 0
-
-    def _next(self, logs):
-        if logs is not None and self.i < len(self.values):
-            logs[self.name] = self.values[self.i]
-        self.i += 1
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self.per == "epoch":
-            self._next(logs)
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.per == "batch":
-            self._next(logs)
+from helpers.tiny import tiny_data  # noqa: E402
 
 
 @pytest.fixture
@@ -67,7 +20,7 @@ def data():
 
 @dataclass(frozen=True)
 class TrainedRun:
-    """`loader_helpers.train(directory, epochs=3)`: ckpt-8, -16, -24 of `tiny_model`."""
+    """`helpers.trained_runs.train(directory, epochs=3)`: ckpt-8, -16, -24 of `tiny_model`."""
 
     directory: object  # a pathlib.Path
     model: keras.Model
@@ -82,7 +35,7 @@ def trained_run(tmp_path_factory) -> TrainedRun:
 
     Trained once per session instead of once per test module.
     """
-    from loader_helpers import train  # it imports this module
+    from helpers.trained_runs import train
 
     directory = tmp_path_factory.mktemp("trained") / "run"
     model, per_epoch, x, y = train(directory, epochs=3)
@@ -112,3 +65,14 @@ def fake_clock():
 
     with _clock.use(FakeClock()) as clock:
         yield clock
+
+
+def pytest_collection_modifyitems(config, items):
+    """Test files with a `slow` test run first, in their order, then the rest.
+
+    With several workers (`-n 2`, the README's test command) the long tests start early and
+    the short ones fill the end, instead of one worker finishing a notebook alone. A file's
+    tests stay together, so its module-scoped fixtures are built once per worker.
+    """
+    slow = {item.nodeid.split("::")[0] for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in slow)

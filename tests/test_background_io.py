@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 
 from keras_ckpt import CheckpointManager, KeepLast, _fs
 from keras_ckpt.writer import AsyncWriter

@@ -20,7 +20,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow as tf
-from digits_run import build_classifier, digits, train_digits
+from helpers.digits_run import build_classifier, digits, train_digits
 
 from keras_ckpt import list_checkpoints, load_saved_model, restore
 from keras_ckpt.cli import main

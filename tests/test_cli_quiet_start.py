@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import RotatingCheckpoint
 

@@ -1,6 +1,6 @@
 """MirroredStrategy on one host (two logical CPUs): the callbacks in `model.fit`.
 
-The strategy runs in a subprocess (`_mirrored_worker.py`), because logical devices can only
+The strategy runs in a subprocess (`helpers/mirrored_worker.py`), because logical devices can only
 be configured before TensorFlow initialises them; this process restores what it saved into
 plain models.
 """
@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from _cluster import python, read_json, run_all, worker_env
-from conftest import tiny_data, tiny_model
+from helpers.cluster import python, read_json, run_all, worker_env
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import best_checkpoint, list_checkpoints, restore
 
@@ -36,7 +36,7 @@ def _assert_all_equal(actual, expected) -> None:
 @pytest.fixture(scope="module")
 def mirrored(tmp_path_factory):
     work = tmp_path_factory.mktemp("mirrored")
-    commands = [(python("_mirrored_worker.py", str(work)), worker_env(work / "tmp"))]
+    commands = [(python("helpers/mirrored_worker.py", str(work)), worker_env(work / "tmp"))]
     (result,) = run_all(commands, work / "logs", TIMEOUT)
     if result.returncode != 0:
         pytest.fail(

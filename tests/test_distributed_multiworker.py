@@ -1,6 +1,6 @@
 """MultiWorkerMirroredStrategy: two real worker processes on 127.0.0.1, one shared directory.
 
-One cluster run (see `_mwms_worker.py`) serves every test here; the tests check what it left
+One cluster run (see `helpers/mwms_worker.py`) serves every test here; the tests check what it left
 on disk and restore it into plain models in this process.
 """
 
@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from _cluster import free_ports, python, read_json, run_all, worker_env
-from _mwms_worker import CHIEF_SCORES, build_model
+from helpers.cluster import free_ports, python, read_json, run_all, worker_env
+from helpers.mwms_worker import CHIEF_SCORES, build_model
 
 from keras_ckpt import best_checkpoint, list_checkpoints, restore
 
@@ -43,7 +43,10 @@ def cluster(tmp_path_factory):
         work.mkdir()
         ports = ",".join(map(str, free_ports(2)))
         commands = [
-            (python("_mwms_worker.py", str(i), ports, str(work)), worker_env(work / f"tmp-{i}"))
+            (
+                python("helpers/mwms_worker.py", str(i), ports, str(work)),
+                worker_env(work / f"tmp-{i}"),
+            )
             for i in range(2)
         ]
         results = run_all(commands, work / "logs", TIMEOUT)

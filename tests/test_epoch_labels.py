@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 
 from keras_ckpt import BestCheckpoint, RotatingCheckpoint, list_checkpoints, resume
 

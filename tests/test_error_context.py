@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 
 from keras_ckpt import (
     CheckpointCorruptError,

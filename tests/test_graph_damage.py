@@ -9,7 +9,7 @@ import shutil
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import CheckpointCorruptError, RotatingCheckpoint, load_model, verify
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_data
+from helpers.tiny import tiny_data
 
 from keras_ckpt import CheckpointManager, KeepLast, load_model, restore
 

@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_model
-from loader_helpers import assert_weights, train
+from helpers.tiny import tiny_model
+from helpers.trained_runs import assert_weights, train
 
 from keras_ckpt import (
     CheckpointNotFoundError,

@@ -9,8 +9,8 @@ import sys
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_data, tiny_model
-from loader_helpers import assert_weights, train
+from helpers.tiny import tiny_data, tiny_model
+from helpers.trained_runs import assert_weights, train
 
 from keras_ckpt import CheckpointManager, CheckpointNotFoundError, KeepLast, load_model
 

@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import tiny_model, weights_equal
-from loader_helpers import N, assert_weights, data_file, train, truncate
+from helpers.tiny import tiny_model, weights_equal
+from helpers.trained_runs import N, assert_weights, data_file, train, truncate
 
 from keras_ckpt import (
     CheckpointMismatchError,

@@ -7,8 +7,8 @@ import warnings
 
 import keras
 import pytest
-from conftest import tiny_data, tiny_model
-from loader_helpers import BATCH, N, assert_weights, data_file, flip_byte, truncate
+from helpers.tiny import tiny_data, tiny_model
+from helpers.trained_runs import BATCH, N, assert_weights, data_file, flip_byte, truncate
 
 from keras_ckpt import RotatingCheckpoint, list_checkpoints, resume
 

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
-from loader_helpers import (
+from helpers.tiny import tiny_data, tiny_model
+from helpers.trained_runs import (
     assert_weights,
     data_file,
     flip_byte,

@@ -11,7 +11,7 @@ import threading
 
 import keras
 import pytest
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import DirectoryLockedError, RotatingCheckpoint, list_checkpoints
 from keras_ckpt._lock import Claim, DirectoryLock, claiming

@@ -1,7 +1,7 @@
 """Adapted lookup vocabularies (StringLookup, IntegerLookup, TextVectorization) survive
 every route: they are kept once per directory in `assets/` and loaded into rebuilt layers.
 
-The routes run in a fresh process (`_fresh_loader_worker.py`) that never saw the model code,
+The routes run in a fresh process (`helpers/fresh_loader_worker.py`) that never saw the model code,
 as a user's serving or evaluation script would.
 """
 
@@ -31,7 +31,7 @@ from keras_ckpt import (
 )
 
 WORDS = np.array(["red", "green", "blue", "cyan", "pink", "gold", "grey", "teal"])
-WORKER = os.path.join(os.path.dirname(__file__), "_fresh_loader_worker.py")
+WORKER = os.path.join(os.path.dirname(__file__), "helpers/fresh_loader_worker.py")
 
 
 def _string_data(n: int = 64) -> tuple[np.ndarray, np.ndarray]:

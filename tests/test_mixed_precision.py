@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_ckpt import RotatingCheckpoint
 
-WORKER = os.path.join(os.path.dirname(__file__), "_fresh_loader_worker.py")
+WORKER = os.path.join(os.path.dirname(__file__), "helpers/fresh_loader_worker.py")
 
 
 def _flat(values) -> np.ndarray:

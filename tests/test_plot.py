@@ -10,8 +10,8 @@ import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import tiny_model  # noqa: E402
-from digits_run import train_digits  # noqa: E402
+from helpers.digits_run import train_digits  # noqa: E402
+from helpers.tiny import tiny_model  # noqa: E402
 
 from keras_ckpt import BestCheckpoint, CheckpointNotFoundError, list_checkpoints  # noqa: E402
 from keras_ckpt.plot import history_figure, plot_history, read_history  # noqa: E402

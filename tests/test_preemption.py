@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import (
     CheckpointCallback,
@@ -323,7 +323,7 @@ def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
 class _Zygote:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "_preempt_worker.py")],
+            [sys.executable, str(HERE / "helpers/preempt_worker.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -373,7 +373,7 @@ def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -
         assert _record(run, step)["preempted"] is True
     assert steps == sorted({(step - 1) // 5 * 5, step} - {0})[-2:]  # KeepLast(2) + the pin
     sys.path.insert(0, str(HERE))
-    from _preempt_worker import build_model
+    from helpers.preempt_worker import build_model
 
     model = build_model()
     assert restore(model, str(run)).step == step

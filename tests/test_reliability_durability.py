@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import CheckpointManager, KeepLast, _fs
 

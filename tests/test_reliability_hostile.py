@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import RotatingCheckpoint, list_checkpoints, restore
 

@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL a process that checkpoints a >100 MB model every batch, again and again.
 
-Each round starts a worker process (forked by ``_crash_worker.py``, which imported TensorFlow
-once) on the same directory; it resumes from the newest checkpoint, trains a model of 113 MB
+Each round starts a worker process (forked by ``helpers/crash_worker.py``, which imported
+TensorFlow once) on the same directory; it resumes from the newest checkpoint, trains a model of 113 MB
 (weights + Adam), saves every batch (sync or async) and is SIGKILLed at a random moment
 in the 1.2 s after its first committed save; with sync saves, half of the kills instead
 fall anywhere in its next save point (a training step between two saves otherwise takes a
@@ -43,12 +43,12 @@ from pathlib import Path
 
 import pytest
 import tensorflow as tf
-from _crash_worker import CRASH_POINTS, build_model
+from helpers.crash_worker import CRASH_POINTS, build_model
 
 from keras_ckpt import CheckpointManager, KeepLast, list_checkpoints, restore
 from keras_ckpt._layout import scan
 
-WORKER = Path(__file__).with_name("_crash_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "crash_worker.py"
 ROOT = Path(__file__).resolve().parent.parent
 KILLS_PER_MODE = 10  # x 2 modes = 20 kills
 MAX_DELAY = 1.2  # seconds after the worker's first committed step (half of the kills)
@@ -56,7 +56,7 @@ SIDECARS = {"checkpoint", ".lock", "model.json", "history.jsonl"}
 
 
 class Zygote:
-    """The ``_crash_worker.py`` process: forks workers on request; its stdout in a queue."""
+    """The ``helpers/crash_worker.py`` process: forks workers on request; its stdout in a queue."""
 
     def __init__(self) -> None:
         env = dict(os.environ)

@@ -16,7 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import SetLogs, tiny_data, tiny_model
+from helpers.tiny import SetLogs, tiny_data, tiny_model
 
 from keras_ckpt import (
     BestCheckpoint,

@@ -11,8 +11,8 @@ import os
 import shutil
 
 import pytest
-from conftest import tiny_model
-from loader_helpers import assert_weights, data_file, truncate
+from helpers.tiny import tiny_model
+from helpers.trained_runs import assert_weights, data_file, truncate
 
 from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore, resume
 

@@ -9,11 +9,11 @@ import sys
 import warnings
 from pathlib import Path
 
-import _resume_worker as worker
+import helpers.resume_worker as worker
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 
 from keras_ckpt import (
     CheckpointCallback,
@@ -23,7 +23,7 @@ from keras_ckpt import (
     list_checkpoints,
 )
 
-WORKER = Path(__file__).with_name("_resume_worker.py")
+WORKER = Path(__file__).parent / "helpers" / "resume_worker.py"
 
 
 @pytest.fixture(scope="module")

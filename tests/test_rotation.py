@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model, weights_equal
+from helpers.tiny import tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
     CheckpointManager,

@@ -1,6 +1,6 @@
 import numpy as np
 import tensorflow as tf
-from conftest import tiny_model, weights_equal
+from helpers.tiny import tiny_model, weights_equal
 
 from keras_ckpt import RotatingCheckpoint, restore
 

@@ -7,7 +7,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import tiny_model
+from helpers.tiny import tiny_model
 
 from keras_ckpt import CheckpointManager, KeepLast, load_model, restore, resume
 from keras_ckpt._untracked import RECORD_KEY, put_back

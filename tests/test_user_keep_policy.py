@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import SetLogs, tiny_data, tiny_model
+from helpers.tiny import SetLogs, tiny_data, tiny_model
 
 from keras_ckpt import CheckpointCallback, MonitorNotFoundError, list_checkpoints
 

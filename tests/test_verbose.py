@@ -4,7 +4,7 @@ history.jsonl records the training step and the saves of every epoch (what plots
 import json
 
 import numpy as np
-from conftest import SetLogs, tiny_model
+from helpers.tiny import SetLogs, tiny_model
 
 from keras_ckpt import BestCheckpoint, CheckpointManager, KeepLast, RotatingCheckpoint
 

@@ -1,6 +1,6 @@
 """`keras_ckpt.watch`: a sidecar evaluator scoring each checkpoint while another process trains.
 
-The trainers are real subprocesses (`_watch_trainer.py`); the watcher runs in the test
+The trainers are real subprocesses (`helpers/watch_trainer.py`); the watcher runs in the test
 process, reading the directory as a watcher on another machine would. Tests that only need
 time to pass use `_watch` with a simulated clock and sleep, whose sleep can also act as the
 training side (save, close) between two polls.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 import keras_ckpt
 from keras_ckpt import (
@@ -39,7 +39,7 @@ from keras_ckpt import (
 from keras_ckpt._lock import run_state
 from keras_ckpt._watch import _watch
 
-TRAINER = str(Path(__file__).with_name("_watch_trainer.py"))
+TRAINER = str(Path(__file__).parent / "helpers" / "watch_trainer.py")
 VAL = tiny_data(16, seed=1)  # held-out data (the trainer trains on tiny_data(48, seed=0))
 SIDECARS = {".lock", "checkpoint", "model.json", "history.jsonl"}
 

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
+from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import CheckpointManager, KeepLast, RotatingCheckpoint
 from keras_ckpt._snapshot import Snapshotter

@@ -1,6 +1,6 @@
 """MirroredStrategy over two logical CPUs in a process of its own; `model.fit` with callbacks.
 
-Usage: python _mirrored_worker.py WORKDIR. The logical devices must be configured before
+Usage: python mirrored_worker.py WORKDIR. The logical devices must be configured before
 TensorFlow initialises its devices, so this runs first thing, in a fresh process. Writes
 WORKDIR/result.json and weights files; test_distributed_mirrored.py checks them.
 """
@@ -20,8 +20,8 @@ tf.config.set_logical_device_configuration(
 import json  # noqa: E402
 
 import numpy as np  # noqa: E402
-from conftest import tiny_data, tiny_model  # noqa: E402
 
+from helpers.tiny import tiny_data, tiny_model  # noqa: E402
 from keras_ckpt import BestCheckpoint, RotatingCheckpoint, restore  # noqa: E402
 
 

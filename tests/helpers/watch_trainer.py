@@ -1,4 +1,4 @@
-"""A training run for the watch tests: `python _watch_trainer.py '{json}'`.
+"""A training run for the watch tests: `python watch_trainer.py '{json}'`.
 
 Trains the tests' tiny regressor (`tiny_data(48)`, batch 8: 6 steps per epoch) with a
 `RotatingCheckpoint` into `dir` (`save_freq`, `max_to_keep`; `resume`: first

@@ -8,9 +8,9 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
-from conftest import tiny_data, tiny_model
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+from helpers.tiny import tiny_data, tiny_model
 from keras_ckpt import RotatingCheckpoint
 
 BATCH = 8

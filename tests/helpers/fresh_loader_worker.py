@@ -1,7 +1,7 @@
 """Loads checkpoint directories in a fresh process (no model code): `load_model`,
 `export_saved_model` + `load_saved_model` and `evaluate_checkpoints`.
 
-Usage: python _fresh_loader_worker.py [--fit] OUT.npz DIR [DIR ...]. Each DIR holds
+Usage: python fresh_loader_worker.py [--fit] OUT.npz DIR [DIR ...]. Each DIR holds
 `inputs.npy` (what to predict on) and `labels.npy`; OUT gets `<i>/load_model`,
 `<i>/saved_model`, `<i>/evaluate` (the last row's metrics, sorted by name), `<i>/optimizer`
 (class name), `<i>/iterations`, `<i>/optimizer_variables` (all values, flattened) and

@@ -1,6 +1,6 @@
 """The process tree the kill test SIGKILLs: trains a >100 MB model, checkpointing every batch.
 
-Run as ``python _crash_worker.py``: a *zygote* that imports TensorFlow once (importing it
+Run as ``python crash_worker.py``: a *zygote* that imports TensorFlow once (importing it
 costs seconds; the test needs 20+ fresh processes) but runs no TensorFlow op, then serves
 commands from stdin, one per line, and answers on stdout:
 

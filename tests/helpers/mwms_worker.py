@@ -1,6 +1,6 @@
 """One worker of a two-worker MultiWorkerMirroredStrategy cluster on 127.0.0.1.
 
-Usage: python _mwms_worker.py INDEX PORT0,PORT1 WORKDIR. Every worker runs the same script
+Usage: python mwms_worker.py INDEX PORT0,PORT1 WORKDIR. Every worker runs the same script
 with the same WORKDIR (as a user's job would) and writes WORKDIR/result-INDEX.json and
 WORKDIR/weights-INDEX.npz. The tests in test_distributed_multiworker.py read them.
 

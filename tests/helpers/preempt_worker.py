@@ -1,6 +1,6 @@
 """The trainer that `test_preemption.py` sends SIGTERM to.
 
-Run as ``python _preempt_worker.py``: a *zygote* that imports TensorFlow once (it costs
+Run as ``python preempt_worker.py``: a *zygote* that imports TensorFlow once (it costs
 seconds) but runs no TensorFlow op, then serves commands from stdin, one per line:
 
 - ``run {json}``: forks a trainer on ``dir``: 3 epochs of 12 batches (numpy, shuffle=False),

@@ -1,6 +1,6 @@
 """Trains 3 epochs of 12 batches with `RotatingCheckpoint(save_freq=5, resume=True)`.
 
-Run as ``python _resume_worker.py DIR OUT [--kill-after N] [--async] [--input numpy|tfdata]``:
+Run as ``python resume_worker.py DIR OUT [--kill-after N] [--async] [--input numpy|tfdata]``:
 with ``--kill-after N`` the process SIGKILLs itself at the end of step N (no `on_train_end`,
 no cleanup: what an OOM kill or a node failure does); otherwise it trains to the end and
 writes the final weights and optimizer iterations to OUT (`.npz`). The same command relaunched
