@@ -1,4 +1,4 @@
-"""Fixtures: tiny data, one trained directory per session, a fake clock (helpers: tests/helpers)."""
+"""Fixtures: tiny data, one trained directory per session, a fake clock (see tests/helpers)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Crash safety: SIGKILL a process that checkpoints a >100 MB model every batch, again and again.
 
 Each round starts a worker process (forked by ``helpers/crash_worker.py``, which imported
-TensorFlow once) on the same directory; it resumes from the newest checkpoint, trains a model of 113 MB
-(weights + Adam), saves every batch (sync or async) and is SIGKILLed at a random moment
+TensorFlow once) on the same directory; it resumes from the newest checkpoint, trains a model
+of 113 MB (weights + Adam), saves every batch (sync or async) and is SIGKILLed at a random moment
 in the 1.2 s after its first committed save; with sync saves, half of the kills instead
 fall anywhere in its next save point (a training step between two saves otherwise takes a
 good part of the time; an async worker's background writer is busy nearly all the time).
