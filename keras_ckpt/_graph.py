@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._objgraph import walk
 from keras_ckpt._reader import CheckpointReader, short
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, CheckpointMismatchError
 
@@ -49,30 +50,9 @@ _COMPILE_KEYS = ("loss", "loss_weights", "metrics", "weighted_metrics")
 # -- writing ------------------------------------------------------------------------------------
 
 
-def _object_paths(model: Any) -> dict[int, list[str]]:
-    """Child-name paths from `model` to every object it tracks (breadth first, first path)."""
-    view = tf.train.TrackableView(model)
-    paths: dict[int, list[str]] = {id(model): []}
-    alive = [model]  # ids stay unique while the walk holds every object
-    queue = collections.deque([model])
-    while queue:
-        obj = queue.popleft()
-        try:
-            children = view.children(obj)
-        except Exception:  # an object TF cannot list holds nothing a checkpoint has
-            continue
-        for name, child in children.items():
-            if (obj is model and name == "optimizer") or id(child) in paths:
-                continue
-            paths[id(child)] = paths[id(obj)] + [name]
-            alive.append(child)
-            queue.append(child)
-    return paths
-
-
 def variable_record(model: Any) -> list[dict[str, Any]]:
     """The record's `variables`: one entry per `model.variables`, in that order."""
-    paths = _object_paths(model)
+    paths = walk(model, optimizer=False, tolerant=True).paths()
     return [
         {
             "path": str(getattr(v, "path", None) or v.name),

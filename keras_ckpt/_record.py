@@ -17,9 +17,9 @@ import tempfile
 from typing import Any
 
 from keras_ckpt import _assets, _graph, _model_json
+from keras_ckpt._objgraph import take_snapshot
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
-from keras_ckpt.writer import take_snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -1,12 +1,13 @@
 """The fast snapshot path: a plan per object graph, one `SaveV2` per save.
 
-`Snapshotter` (used by `CheckpointManager`) walks the model's object graph once, mirrors it
-with the proxies of `writer` holding placeholders, and lets TensorFlow's own serialiser
-name every value (`save_util.serialize_graph_view`, what `tf.train.Checkpoint.write` uses).
-The resulting *plan* keeps the checkpoint keys, the serialised object graph and how to read
-each value; a save then reads the variables (one eager op each, no Python serialisation,
-no proxies) and writes them with one `SaveV2` op: the files are byte for byte those
-`tf.train.Checkpoint(model=model).write` would produce (`tests/test_writer_snapshot.py`).
+`Snapshotter` (used by `CheckpointManager`) walks the model's object graph once
+(`_objgraph.walk`), mirrors it with the proxies of `_objgraph` holding placeholders, and
+lets TensorFlow's own serialiser name every value (`save_util.serialize_graph_view`, what
+`tf.train.Checkpoint.write` uses). The resulting *plan* keeps the checkpoint keys, the
+serialised object graph and how to read each value; a save then reads the variables (one
+eager op each, no Python serialisation, no proxies) and writes them with one `SaveV2` op:
+the files are byte for byte those `tf.train.Checkpoint(model=model).write` would produce
+(`tests/test_writer_snapshot.py`).
 
 A synchronous save copies nothing: the tensors read from the variables share their buffers
 and are written before training goes on. An asynchronous save copies every value once, on
@@ -33,16 +34,18 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ckpt._buffers import HostBuffers
-from keras_ckpt._sharing import SharedData, shareable
-from keras_ckpt.writer import (
+from keras_ckpt._objgraph import (
+    Leaf,
+    Node,
     Snapshot,
-    _copy,
-    _has_state,
-    _Leaf,
-    _Node,
-    _to_tensor,
+    has_state,
+    host_copy,
+    saveable_tensors,
     take_snapshot,
+    to_tensor,
+    walk,
 )
+from keras_ckpt._sharing import SharedData, shareable
 
 logger = logging.getLogger(__name__)
 
@@ -58,23 +61,8 @@ def _walk(model: object, save_optimizer: bool) -> tuple[list[object], tuple]:
     Returns:
         The objects, and a fingerprint: their identities and the named edges between them.
     """
-    view = tf.train.TrackableView(model)
-    index: dict[int, int] = {id(model): 0}
-    objects: list[object] = [model]
-    edges: list[tuple[int, str, int]] = []
-    i = 0
-    while i < len(objects):
-        obj = objects[i]
-        for name, child in view.children(obj).items():
-            if i == 0 and name == "optimizer" and not save_optimizer:
-                continue
-            j = index.get(id(child))
-            if j is None:
-                j = index[id(child)] = len(objects)
-                objects.append(child)
-            edges.append((i, name, j))
-        i += 1
-    return objects, (tuple(map(id, objects)), tuple(edges))
+    graph = walk(model, optimizer=save_optimizer)
+    return graph.objects, (tuple(map(id, graph.objects)), tuple(graph.edges))
 
 
 def _plain_variable(obj: object, standard: Callable) -> Any:
@@ -114,21 +102,21 @@ class _Plan:
 
         self.fingerprint = fingerprint
         self._objects = objects
-        proxies: dict[int, _Node] = {}
+        proxies: dict[int, Node] = {}
         slots: dict[int, tuple[object, str]] = {}  # id(sentinel) -> (source, local name)
         sentinels: list[object] = []
         for obj in objects:
-            if _has_state(obj):
+            if has_state(obj):
                 tensors = {}
-                for name in obj._serialize_to_tensors():  # noqa: SLF001 (names only: no read)
+                for name in saveable_tensors(obj):  # names only: no read
                     sentinel = object()
                     sentinels.append(sentinel)
                     slots[id(sentinel)] = (obj, name)
                     tensors[name] = sentinel
                 label = str(getattr(obj, "path", "") or getattr(obj, "name", ""))
-                proxies[id(obj)] = _Leaf(tensors, label)
+                proxies[id(obj)] = Leaf(tensors, label)
             else:
-                proxies[id(obj)] = _Node()
+                proxies[id(obj)] = Node()
         for parent, name, child in fingerprint[1]:
             proxies[id(objects[parent])].adopt(name, proxies[id(objects[child])])
         root = tf.train.Checkpoint(model=proxies[id(objects[0])])
@@ -297,8 +285,8 @@ class Snapshotter:
             buffers.busy = True
         tensors = plan.read(buffers)
         for obj, name in plan.others:
-            tensor = _to_tensor(obj._serialize_to_tensors()[name])  # noqa: SLF001
-            tensors.append(_copy(tensor) if copy else tensor)
+            tensor = to_tensor(saveable_tensors(obj)[name])
+            tensors.append(host_copy(tensor) if copy else tensor)
         candidates = ([], [])
         if self.shared is not None:
             candidates = shareable(self.model, plan.variable_sources)

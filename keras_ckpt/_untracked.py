@@ -13,7 +13,6 @@ in `model.variables`, and only into a model whose checkpointed variables all mat
 
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._objgraph import walk
 from keras_ckpt._snapshot import same_objects
 
 logger = logging.getLogger(__name__)
@@ -56,25 +56,8 @@ def saveable_variables(model: Any) -> dict[int, Any]:
     Some Keras 3 state is in `model.variables` but not tracked for checkpoints (the seed of
     a `Dropout` layer's SeedGenerator): TensorFlow never saves it, so it is never "missing".
     """
-    wanted = {id(v): v for v in model.variables}
-    view = tf.train.TrackableView(model)
-    reached: dict[int, Any] = {}
-    seen = {id(model)}
-    queue = collections.deque([model])
-    while queue:
-        obj = queue.popleft()
-        try:
-            children = view.children(obj)
-        except Exception:  # an object TF cannot list holds nothing TF would save either
-            continue
-        for name, child in children.items():
-            if (obj is model and name == "optimizer") or id(child) in seen:
-                continue
-            seen.add(id(child))
-            if id(child) in wanted:
-                reached[id(child)] = child
-            queue.append(child)
-    return reached
+    reached = {id(obj) for obj in walk(model, optimizer=False, tolerant=True).objects}
+    return {id(v): v for v in model.variables if id(v) in reached}
 
 
 def untracked_variables(model: Any) -> list[Any]:

@@ -36,10 +36,10 @@ from keras_ckpt import (
     KeepLast,
     RotatingCheckpoint,
     _fs,
+    _objgraph,
     _snapshot,
     list_checkpoints,
     restore,
-    writer,
 )
 
 SIDECARS = {"checkpoint", ".lock", "model.json", "history.jsonl"}
@@ -98,7 +98,7 @@ class FullDisk:
 
         monkeypatch.setattr(_fs, "gfile", Gfile())
         wrap(_fs, "makedirs", lambda d: f"makedirs {_name(d)}")
-        wrap(writer.Snapshot, "write", lambda s, p: "tf write", partial_tf_write)  # generic
+        wrap(_objgraph.Snapshot, "write", lambda s, p: "tf write", partial_tf_write)  # generic
         wrap(_snapshot._FastSnapshot, "write", lambda s, p: "tf write", partial_tf_write)
         wrap(_fs, "fsync_file", lambda p: f"fsync {_name(p)}")
         wrap(_fs, "write_bytes", lambda p, d: f"write {_name(p)}", half_file)

@@ -9,8 +9,8 @@ import tensorflow as tf
 from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import CheckpointManager, KeepLast, RotatingCheckpoint
+from keras_ckpt._objgraph import take_snapshot
 from keras_ckpt._snapshot import Snapshotter
-from keras_ckpt.writer import take_snapshot
 
 _GRAPH = "_CHECKPOINTABLE_OBJECT_GRAPH"
 

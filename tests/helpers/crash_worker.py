@@ -42,7 +42,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from keras_ckpt import RotatingCheckpoint, _fs, _snapshot, resume, writer  # noqa: E402
+from keras_ckpt import RotatingCheckpoint, _fs, _objgraph, _snapshot, resume  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
 WIDTH_IN, WIDTH_HIDDEN = 1152, 4096  # 2 x 1152 x 4096 + biases = 9.44 M parameters
@@ -135,7 +135,7 @@ def _arm(point: str) -> callable:
         setattr(owner, name, wrapper)
 
     if target == "write":
-        wrap(writer.Snapshot, "write")  # the generic path
+        wrap(_objgraph.Snapshot, "write")  # the generic path
         wrap(_snapshot._FastSnapshot, "write")  # the planned path (what a Keras model takes)
     elif target == "state":
         wrap(CheckpointDirectory, "write_state")
