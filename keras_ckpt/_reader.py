@@ -8,8 +8,10 @@ TensorFlow knows (`tf.train.list_variables` cannot read `ram://`).
 
 from __future__ import annotations
 
+import collections
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import tensorflow as tf
@@ -17,10 +19,15 @@ from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_ckpt import _fs
 from keras_ckpt._layout import size_mismatches
-from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
+from keras_ckpt.errors import (
+    CheckpointCorruptError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+)
 from keras_ckpt.errors import short_reason as short
 
-GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
+GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"  # the key of the serialised object graph
+VARIABLE_VALUE = "VARIABLE_VALUE"  # the attribute name of a variable's value in that graph
 
 # What TensorFlow raises for a damaged bundle: OpError subclasses (DataLoss, OutOfRange, ...),
 # IndexError for a short read, and ValueError/RuntimeError from the pywrap layer.
@@ -128,6 +135,19 @@ class CheckpointReader:
                 ) from exc
             self.graph = graph
 
+    def object_graph(self) -> Any:
+        """The stored object graph.
+
+        Raises:
+            CheckpointMismatchError: the checkpoint has none (a name-based TF1 checkpoint).
+        """
+        if self.graph is None:
+            raise CheckpointMismatchError(
+                f"{self.prefix} has no object graph (a name-based TF1 checkpoint); it cannot "
+                "be matched to a Keras model."
+            )
+        return self.graph
+
     def variable_keys(self) -> list[str]:
         return sorted(k for k in self.shapes if k != GRAPH_KEY)
 
@@ -169,3 +189,57 @@ def describe(prefix: str, exc: CheckpointCorruptError) -> str:
     if isinstance(cause, TF_READ_ERRORS):
         return f"{blame(prefix, cause, prefix + '.index')}: {short(cause)}"
     return str(exc)
+
+
+# -- the stored object graph ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredNode:
+    """One node of a stored object graph, as `stored_nodes` reaches it."""
+
+    node: int  # its index in `graph.nodes`
+    path: tuple[str, ...]  # the child names leading to it from the walk's start
+    parent: int | None  # the node it was reached from; None for the start
+    value: Any  # its VARIABLE_VALUE attribute (`checkpoint_key`, `full_name`), or None
+
+
+def child_of(graph: Any, name: str, node: int = 0) -> int | None:
+    """The node that `node` (default: the root) names `name` (`model`, `optimizer`), or None."""
+    for ref in graph.nodes[node].children:
+        if ref.local_name == name:
+            return ref.node_id
+    return None
+
+
+def stored_nodes(
+    graph: Any, start: int, *, skip: str | None = None, seen: set[int] | None = None
+) -> list[StoredNode]:
+    """The nodes reached from `start`, breadth first, each once: the one walk of a stored graph.
+
+    Args:
+        graph: A `TrackableObjectGraph` (`CheckpointReader.graph`).
+        start: Where the walk starts (`child_of(graph, "model")`; 0: the root).
+        skip: A child of `start` not entered (`"optimizer"`, for the model's own variables).
+        seen: Nodes already reached by an earlier walk: not entered again (updated).
+    """
+    seen = set() if seen is None else seen
+    seen.add(start)
+    found = [StoredNode(start, (), None, _value(graph.nodes[start]))]
+    queue = collections.deque(found)
+    while queue:
+        here = queue.popleft()
+        for ref in graph.nodes[here.node].children:
+            if (here.node == start and ref.local_name == skip) or ref.node_id in seen:
+                continue
+            seen.add(ref.node_id)
+            node = graph.nodes[ref.node_id]
+            there = StoredNode(ref.node_id, (*here.path, ref.local_name), here.node, _value(node))
+            found.append(there)
+            queue.append(there)
+    return found
+
+
+def _value(node: Any) -> Any:
+    values = [a for a in node.attributes if a.name == VARIABLE_VALUE]
+    return values[-1] if values else None

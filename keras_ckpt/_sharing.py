@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._reader import GRAPH_KEY
 
-__all__ = ["MIN_SHARED_BYTES", "SharedData", "fingerprint", "shareable"]
+__all__ = ["MIN_SHARED_BYTES", "SharedData", "fingerprint", "save_v2", "shareable"]
 
 ENABLED = True  # new managers share data; False: every save writes every value (today's way)
 MIN_SHARED_BYTES = 1 << 20  # below this, a second shard saves less than it costs
-GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
 SHARED_SHARD = ".data-00000-of-00002"
 _SHARED, _OWN = "shared", "own"  # the temporary prefixes merged into the checkpoint
 
@@ -171,11 +171,11 @@ class SharedData:
             stable = [i for i in candidates if last.get(keys[i]) == prints[keys[i]]]
         self._shard = None
         if sum(_nbytes(tensors[i]) for i in stable) < self.min_bytes:
-            _save(prefix, [*keys], [*tensors], graph)
+            save_v2(prefix, keys, tensors, graph)
             self.last_written = sum(map(_nbytes, tensors))
             return None
         shared_prefix = _fs.join(folder, _SHARED)
-        _save(shared_prefix, [keys[i] for i in stable], [tensors[i] for i in stable])
+        save_v2(shared_prefix, [keys[i] for i in stable], [tensors[i] for i in stable])
         shard = _Shard(
             id=uuid.uuid4().hex[:12],
             first=_fs.basename(prefix),
@@ -206,7 +206,7 @@ class SharedData:
     ) -> None:
         """Writes the values `own` and the graph beside the shared shard; merges the two."""
         folder = _fs.dirname(prefix)
-        _save(_fs.join(folder, _OWN), [keys[i] for i in own], [tensors[i] for i in own], graph)
+        save_v2(_fs.join(folder, _OWN), [keys[i] for i in own], [tensors[i] for i in own], graph)
         tf.raw_ops.MergeV2Checkpoints(
             checkpoint_prefixes=[_fs.join(folder, _SHARED), _fs.join(folder, _OWN)],
             destination_prefix=prefix,
@@ -246,12 +246,18 @@ def _nbytes(tensor: tf.Tensor) -> int:
     return tensor.shape.num_elements() * max(tensor.dtype.size, 1)
 
 
-def _save(
-    prefix: str, keys: list[str], tensors: list[tf.Tensor], graph: tf.Tensor | None = None
+def save_v2(
+    prefix: str,
+    keys: Sequence[str],
+    tensors: Sequence[tf.Tensor],
+    graph: tf.Tensor | None = None,
 ) -> None:
+    """Writes `keys` with `tensors`, and the serialised object graph if any, in one `SaveV2`."""
+    names, values = [*keys], [*tensors]
     if graph is not None:
-        keys, tensors = [*keys, GRAPH_KEY], [*tensors, graph]
+        names.append(GRAPH_KEY)
+        values.append(graph)
     with tf.device("/cpu:0"):
         tf.raw_ops.SaveV2(
-            prefix=prefix, tensor_names=keys, shape_and_slices=[""] * len(keys), tensors=tensors
+            prefix=prefix, tensor_names=names, shape_and_slices=[""] * len(names), tensors=values
         )

@@ -45,14 +45,12 @@ from keras_ckpt._objgraph import (
     to_tensor,
     walk,
 )
-from keras_ckpt._sharing import SharedData, shareable
+from keras_ckpt._reader import VARIABLE_VALUE
+from keras_ckpt._sharing import SharedData, save_v2, shareable
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Snapshotter"]
-
-_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
-_VALUE = "VARIABLE_VALUE"
 
 
 def _walk(model: object, save_optimizer: bool) -> tuple[list[object], tuple]:
@@ -137,7 +135,7 @@ class _Plan:
             if isinstance(getattr(obj, "value", obj), tf.distribute.DistributedValues):
                 raise TypeError("distributed variables are saved by TensorFlow's own saver")
             standard = BaseResourceVariable._serialize_to_tensors
-            variable = _plain_variable(obj, standard) if name == _VALUE else None
+            variable = _plain_variable(obj, standard) if name == VARIABLE_VALUE else None
             entry = (keys[id(sentinel)], obj, name, variable)
             (fast if variable is not None else slow).append(entry)
         self.keys = [k for k, *_ in fast] + [k for k, *_ in slow]
@@ -345,13 +343,7 @@ class _FastSnapshot:
                     self._candidates,
                     self._preferred,
                 )
-            with tf.device("/cpu:0"):
-                tf.raw_ops.SaveV2(
-                    prefix=prefix,
-                    tensor_names=[*self._keys, _GRAPH_KEY],
-                    shape_and_slices=[""] * (len(self._keys) + 1),
-                    tensors=[*self._tensors, self._graph],
-                )
+            save_v2(prefix, self._keys, self._tensors, self._graph)
             return None
         finally:
             self._tensors = []  # written or failed: the buffers may be filled again
