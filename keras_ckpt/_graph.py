@@ -21,13 +21,11 @@ import only directories you trust.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
 import tempfile
 import uuid
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,15 +33,15 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._mismatch import Match, assign
 from keras_ckpt._objgraph import walk
-from keras_ckpt._reader import CheckpointReader, short
+from keras_ckpt._reader import CheckpointReader, child_of, short, stored_nodes
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, CheckpointMismatchError
 
 GRAPH_DIR = "graph"
 RECORD = "keras_ckpt.json"
 FORMAT = 1
 TMP_PREFIX = ".tmp-graph-"  # + 12 hex digits: a leftover the directory's cleanup knows
-_VALUE = "VARIABLE_VALUE"
 _COMPILE_KEYS = ("loss", "loss_weights", "metrics", "weighted_metrics")
 
 
@@ -236,48 +234,25 @@ class ImportedGraph:
             )
         reader = CheckpointReader(prefix, record)
         saved = _checkpoint_variables(reader, prefix)
-        pairs, missing, shapes, used = [], [], [], set()
+        match, used = Match(), set()
         for variable, entry in zip(self.variables, self.record["variables"], strict=True):
             if entry.get("object") is None:
                 continue  # random-number state: never in a checkpoint
             where = tuple(entry["object"])
-            shape, dtype = tuple(variable.shape), tf.as_dtype(variable.dtype)
             if where not in saved:
-                missing.append(f"{entry['path']} {shape}")
+                match.miss(variable, entry["path"])
                 continue
             used.add(where)
-            key = saved[where][0]
-            saved_shape, saved_dtype = reader.shapes.get(key), reader.dtypes.get(key)
-            if saved_shape is None or tuple(saved_shape) != shape or saved_dtype != dtype:
-                shapes.append(
-                    f"{entry['path']}: checkpoint {tuple(saved_shape or ())} "
-                    f"{getattr(saved_dtype, 'name', '?')}, model {shape} {dtype.name}"
-                )
-                continue
-            pairs.append((variable, key))
-        unexpected = [label for where, (_, label) in saved.items() if where not in used]
-        found = []
-        if missing:
-            found.append("missing in the checkpoint: " + ", ".join(missing))
-        if unexpected:
-            found.append("unexpected in the checkpoint: " + ", ".join(unexpected))
-        if shapes:
-            found.append("shape mismatch: " + "; ".join(shapes))
-        if found and strict:
-            raise CheckpointMismatchError(
-                f"{prefix} does not match the SavedModel {self.source}; nothing was "
-                "restored.\n  " + "\n  ".join(found) + "\nRestore a checkpoint of the same "
-                "architecture, or pass strict=False to restore only the variables whose path "
-                "and shape match."
-            )
-        if found:
-            warnings.warn(
-                f"restore(strict=False) from {prefix} skipped: " + "; ".join(found),
-                stacklevel=stacklevel,
-            )
-        values = reader.read([key for _, key in pairs])  # every value read before any assign
-        for (variable, _), value in zip(pairs, values, strict=True):
-            variable.assign(value)
+            match.add(variable, saved[where][0], reader, entry["path"])
+        match.unexpected.extend(label for where, (_, label) in saved.items() if where not in used)
+        match.report(
+            prefix,
+            strict=strict,
+            against=f"the SavedModel {self.source}",
+            fix="Restore a checkpoint of the same architecture",
+            stacklevel=stacklevel,
+        )
+        assign(reader, match.pairs)  # every value read before any assign
         return False
 
     def values(self) -> list[Any]:
@@ -290,33 +265,18 @@ class ImportedGraph:
 
 def _checkpoint_variables(reader: CheckpointReader, prefix: str) -> dict[tuple, tuple[str, str]]:
     """Object-graph path (from the model) -> (checkpoint key, Keras path) of each variable."""
-    graph = reader.graph
-    if graph is None:
-        raise CheckpointMismatchError(
-            f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
-            "to a Keras model."
-        )
-    start = next((r.node_id for r in graph.nodes[0].children if r.local_name == "model"), None)
+    graph = reader.object_graph()
+    start = child_of(graph, "model")
     if start is None:
         raise CheckpointMismatchError(
             f"{prefix} was not written as tf.train.Checkpoint(model=...); it cannot be "
             "restored into a SavedModel."
         )
-    paths: dict[int, tuple[str, ...]] = {start: ()}
-    queue = collections.deque([start])
-    while queue:
-        node_id = queue.popleft()
-        for ref in graph.nodes[node_id].children:
-            if (node_id == start and ref.local_name == "optimizer") or ref.node_id in paths:
-                continue
-            paths[ref.node_id] = paths[node_id] + (ref.local_name,)
-            queue.append(ref.node_id)
-    out = {}
-    for node_id, where in paths.items():
-        for attr in graph.nodes[node_id].attributes:
-            if attr.name == _VALUE:
-                out[where] = (attr.checkpoint_key, attr.full_name or attr.checkpoint_key)
-    return out
+    return {
+        node.path: (node.value.checkpoint_key, node.value.full_name or node.value.checkpoint_key)
+        for node in stored_nodes(graph, start, skip="optimizer")
+        if node.value is not None
+    }
 
 
 class ServeLayer(keras.layers.Layer):

@@ -7,7 +7,6 @@ imports the reader, and with it TensorFlow, when called.
 
 from __future__ import annotations
 
-import collections
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,8 +21,6 @@ from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 if TYPE_CHECKING:
     from keras_ckpt._reader import CheckpointReader
-
-_VALUE = "VARIABLE_VALUE"
 
 
 def human_bytes(n: int) -> str:
@@ -149,32 +146,27 @@ def _groups(reader: CheckpointReader) -> dict[str, list[_Variable]]:
     graph = reader.graph
     if graph is None:  # a name-based (TF1) checkpoint: keys are the names
         return {"other": [variable(k, k) for k in keys]}
+    from keras_ckpt._reader import child_of, stored_nodes  # TensorFlow: only when called
+
     named: dict[str, str] = {}
     order: list[str] = []
     owner: dict[str, str] = {}
 
-    def walk(start: int, skip: str | None, group: str) -> None:
-        seen, queue = {start}, collections.deque([start])
-        while queue:
-            node = graph.nodes[queue.popleft()]
-            for attr in node.attributes:
-                if attr.name == _VALUE and attr.checkpoint_key not in owner:
-                    owner[attr.checkpoint_key] = group
-                    named[attr.checkpoint_key] = attr.full_name or attr.checkpoint_key
-                    order.append(attr.checkpoint_key)
-            for ref in node.children:
-                if ref.node_id not in seen and not (skip and ref.local_name == skip):
-                    seen.add(ref.node_id)
-                    queue.append(ref.node_id)
+    def take(start: int, skip: str | None, group: str) -> None:
+        for node in stored_nodes(graph, start, skip=skip):
+            attr = node.value
+            if attr is not None and attr.checkpoint_key not in owner:
+                owner[attr.checkpoint_key] = group
+                named[attr.checkpoint_key] = attr.full_name or attr.checkpoint_key
+                order.append(attr.checkpoint_key)
 
-    roots = {ref.local_name: ref.node_id for ref in graph.nodes[0].children}
-    if "model" in roots:
-        model = roots["model"]
-        walk(model, "optimizer", "model")
-        opt = [r.node_id for r in graph.nodes[model].children if r.local_name == "optimizer"]
-        if opt:
-            walk(opt[0], None, "optimizer")
-    walk(0, None, "other")
+    model = child_of(graph, "model")
+    if model is not None:
+        take(model, "optimizer", "model")
+        optimizer = child_of(graph, "optimizer", model)
+        if optimizer is not None:
+            take(optimizer, None, "optimizer")
+    take(0, None, "other")
     groups: dict[str, list[_Variable]] = {"model": [], "optimizer": [], "other": []}
     for key in order:
         groups[owner[key]].append(variable(key, named[key]))

@@ -8,9 +8,7 @@ model (and its optimizer) as it was.
 
 from __future__ import annotations
 
-import collections
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import tensorflow as tf
@@ -18,12 +16,11 @@ import tensorflow as tf
 from keras_ckpt import _assets, _dist, _fs, _graph, _layout
 from keras_ckpt._layout import scan
 from keras_ckpt._messages import damaged_list
-from keras_ckpt._reader import CheckpointReader, describe
+from keras_ckpt._mismatch import Match, assign
+from keras_ckpt._reader import CheckpointReader, StoredNode, child_of, describe, stored_nodes
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointMismatchError
 from keras_ckpt.info import CheckpointInfo
-
-_VALUE = "VARIABLE_VALUE"
 
 
 def _is_variable(obj: object) -> bool:
@@ -34,84 +31,53 @@ def _name(obj: object) -> str:
     return str(getattr(obj, "path", None) or getattr(obj, "name", None) or type(obj).__name__)
 
 
-@dataclass
-class _Match:
-    pairs: list[tuple[Any, str]] = field(default_factory=list)  # (live variable, key)
-    missing: list[str] = field(default_factory=list)
-    unexpected: list[str] = field(default_factory=list)
-    shapes: list[str] = field(default_factory=list)
-
-    @property
-    def problems(self) -> list[str]:
-        out = []
-        if self.missing:
-            out.append("missing in the checkpoint: " + ", ".join(self.missing))
-        if self.unexpected:
-            out.append("unexpected in the checkpoint: " + ", ".join(self.unexpected))
-        if self.shapes:
-            out.append("shape mismatch: " + "; ".join(self.shapes))
-        return out
-
-
-def _walk(graph, start: int, live: Any, skip: str | None, seen: set[int]) -> dict[int, Any]:
-    """Pairs proto nodes with live objects by child names, breadth first from `start`."""
+def _live_pairs(
+    graph: Any, start: int, live: Any, skip: str | None, seen: set[int]
+) -> list[tuple[StoredNode, Any]]:
+    """The stored nodes from `start`, each with the live object at its child-name path."""
     view = tf.train.TrackableView(live) if live is not None else None
-    found: dict[int, Any] = {}
-    queue = collections.deque([(start, live)])
-    seen.add(start)
-    while queue:
-        node_id, obj = queue.popleft()
-        found[node_id] = obj
-        children = {}
-        if obj is not None and view is not None:
-            try:
-                children = view.children(obj)
-            except Exception:  # an object TF cannot list: its subtree is unmatched
-                children = {}
-        for ref in graph.nodes[node_id].children:
-            if node_id == start and ref.local_name == skip:
-                continue
-            if ref.node_id in seen:
-                continue
-            seen.add(ref.node_id)
-            queue.append((ref.node_id, children.get(ref.local_name)))
+    objects: dict[int, Any] = {}
+    children: dict[int, dict[str, Any]] = {}  # per parent node, listed once
+    found = []
+    for node in stored_nodes(graph, start, skip=skip, seen=seen):
+        obj = live
+        if node.parent is not None:
+            if node.parent not in children:
+                children[node.parent] = _children(view, objects[node.parent])
+            obj = children[node.parent].get(node.path[-1])
+        objects[node.node] = obj
+        found.append((node, obj))
     return found
 
 
-def _root_child(graph, name: str, node: int = 0) -> int | None:
-    for ref in graph.nodes[node].children:
-        if ref.local_name == name:
-            return ref.node_id
-    return None
+def _children(view: Any, obj: Any) -> dict[str, Any]:
+    if obj is None or view is None:
+        return {}
+    try:
+        return view.children(obj)
+    except Exception:  # an object TF cannot list: its subtree is unmatched
+        return {}
 
 
 def _pair(
-    graph, found: dict[int, Any], reader: CheckpointReader, wanted: dict[int, Any], match: _Match
-) -> None:
-    """Fills `match` with the variables of `found`; `wanted` are the live ones expected."""
+    found: list[tuple[StoredNode, Any]], reader: CheckpointReader, wanted: dict[int, Any]
+) -> Match:
+    """The variables of `found` matched; `wanted` are the live ones expected."""
+    match = Match()
     matched: set[int] = set()
-    for node_id, obj in found.items():
-        attrs = {a.name: a for a in graph.nodes[node_id].attributes}
-        if _VALUE not in attrs:
+    for node, obj in found:
+        attr = node.value
+        if attr is None:
             continue
-        attr = attrs[_VALUE]
         if obj is None or not _is_variable(obj):
             match.unexpected.append(attr.full_name or attr.checkpoint_key)
             continue
-        key = attr.checkpoint_key
-        saved = (reader.shapes.get(key), reader.dtypes.get(key))
-        live_shape, live_dtype = tuple(obj.shape), tf.as_dtype(obj.dtype)
         matched.add(id(obj))
-        if saved[0] is None or tuple(saved[0]) != live_shape or saved[1] != live_dtype:
-            match.shapes.append(
-                f"{_name(obj)}: checkpoint {tuple(saved[0] or ())} "
-                f"{getattr(saved[1], 'name', '?')}, model {live_shape} {live_dtype.name}"
-            )
-            continue
-        match.pairs.append((obj, key))
-    match.missing.extend(
-        f"{_name(v)} {tuple(v.shape)}" for i, v in wanted.items() if i not in matched
-    )
+        match.add(obj, attr.checkpoint_key, reader, _name(obj))
+    for i, v in wanted.items():
+        if i not in matched:
+            match.miss(v, _name(v))
+    return match
 
 
 def restore_into(
@@ -144,18 +110,13 @@ def restore_into(
     reader = CheckpointReader(prefix, record)
     # random-number state TF's checkpoint leaves out; only into the same architecture
     untracked = read_recorded(prefix, stacklevel + 1, record) if strict else None
-    if reader.graph is None:
-        raise CheckpointMismatchError(
-            f"{prefix} has no object graph (a name-based TF1 checkpoint); it cannot be matched "
-            "to a Keras model."
-        )
+    graph = reader.object_graph()
     if not getattr(model, "built", True) or not model.variables:
         raise ValueError(
             "`model` must be built before restoring (call it on a batch, or give it an "
             f"Input). Received an unbuilt {type(model).__name__}."
         )
-    graph = reader.graph
-    model_node = _root_child(graph, "model")
+    model_node = child_of(graph, "model")
     if model_node is None:
         roots = ", ".join(r.local_name for r in graph.nodes[0].children) or "none"
         raise CheckpointMismatchError(
@@ -163,40 +124,32 @@ def restore_into(
             f"{roots}. Read it with tf.train.Checkpoint({roots.split(', ')[0]}=model) instead."
         )
     seen: set[int] = set()
-    model_side = _walk(graph, model_node, model, skip="optimizer", seen=seen)
-    match = _Match()
-    _pair(graph, model_side, reader, saveable_variables(model), match)
+    model_side = _live_pairs(graph, model_node, model, skip="optimizer", seen=seen)
+    match = _pair(model_side, reader, saveable_variables(model))
 
     live_optimizer = getattr(model, "optimizer", None) if optimizer else None
-    opt_node = _root_child(graph, "optimizer", model_node)
+    opt_node = child_of(graph, "optimizer", model_node)
     opt_pairs: list[tuple[Any, str]] = []
     opt_problems: list[str] = []
     if live_optimizer is not None and opt_node is not None:
         if not getattr(live_optimizer, "built", True):
             with _dist.strategy_scope(model):  # a mirrored model's slots are mirrored
                 live_optimizer.build(model.trainable_variables)
-        opt_match = _Match()
-        opt_side = _walk(graph, opt_node, live_optimizer, skip=None, seen=seen)
+        opt_side = _live_pairs(graph, opt_node, live_optimizer, skip=None, seen=seen)
         wanted = {id(v): v for v in live_optimizer.variables}
-        _pair(graph, opt_side, reader, wanted, opt_match)
+        opt_match = _pair(opt_side, reader, wanted)
         opt_pairs, opt_problems = opt_match.pairs, opt_match.problems
 
-    problems = match.problems
-    if problems and strict:
-        raise CheckpointMismatchError(
-            f"{prefix} does not match the model; nothing was restored.\n  "
-            + "\n  ".join(problems)
-            + "\nRebuild the model as it was saved, or pass strict=False to restore only the "
-            "variables whose path and shape match."
-        )
+    match.report(
+        prefix,
+        strict=strict,
+        against="the model",
+        fix="Rebuild the model as it was saved",
+        stacklevel=stacklevel,
+    )
     # lookup vocabularies kept beside the checkpoints (raises before any change, if strict)
     directory = _fs.dirname(prefix)
     vocabularies = _assets.plan(model, directory, strict=strict, stacklevel=stacklevel + 1)
-    if problems:
-        warnings.warn(
-            f"restore(strict=False) from {prefix} skipped: " + "; ".join(problems),
-            stacklevel=stacklevel,
-        )
     if opt_problems:
         warnings.warn(
             f"The optimizer state in {prefix} does not fit the model's optimizer and was not "
@@ -204,10 +157,7 @@ def restore_into(
             stacklevel=stacklevel,
         )
         opt_pairs = []
-    pairs = match.pairs + opt_pairs
-    values = reader.read([key for _, key in pairs])
-    for (variable, _), value in zip(pairs, values, strict=True):
-        variable.assign(value)
+    assign(reader, match.pairs + opt_pairs)
     _assets.load(model, vocabularies)
     put_back(model, untracked)
     return bool(opt_pairs)
