@@ -28,7 +28,7 @@ from keras_ckpt._fit_resume import Position, Resumption
 from keras_ckpt._layout import scan
 from keras_ckpt._lock import Claim, claiming
 from keras_ckpt._messages import check_verbose, same_step_line, say, skipped_line
-from keras_ckpt._planning import check_monitors
+from keras_ckpt._planning import check_monitors, optimizer_step
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.manager import CheckpointManager
 from keras_ckpt.policies import EveryEpoch, KeepLast, KeepPolicy, SavePolicy, as_policies
@@ -167,7 +167,7 @@ class CheckpointCallback(keras.callbacks.Callback):
             self._batches = position.since_save
             self._last_batch = position.batches - 1 if position.batches else None
         self.manager.prepare()  # if the optimizer is built already (a resumed run)
-        latest, iterations = self.manager.latest, _iterations(self.model)
+        latest, iterations = self.manager.latest, optimizer_step(self.model)
         self._saved_iterations = iterations if latest and latest.step == iterations else None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -253,7 +253,7 @@ class CheckpointCallback(keras.callbacks.Callback):
         self.manager.label = self._epoch_label(running)
         before = self.manager.checkpoints
         info = self.manager.save(metrics=metrics, epoch=position.epochs, extra=position.record())
-        iterations = _iterations(self.model)
+        iterations = optimizer_step(self.model)
         if info is not None:
             self._saved_iterations = iterations
         elif iterations is not None and iterations == self._saved_iterations:
@@ -300,12 +300,6 @@ class CheckpointCallback(keras.callbacks.Callback):
         for variable, value in zip(self.model.metrics_variables, state, strict=True):
             variable.assign(value)
         return {f"val_{k}": float(v) for k, v in result.items()}
-
-
-def _iterations(model: Any) -> int | None:
-    """The optimizer's step count (what numbers the checkpoints), or None."""
-    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
-    return None if iterations is None else int(iterations.numpy())
 
 
 def _uses_ema(model: Any) -> bool:

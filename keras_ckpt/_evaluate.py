@@ -65,6 +65,33 @@ def _batched_once(x: Any, y: Any, sample_weight: Any, batch_size: int | None) ->
     )
 
 
+def evaluate_one(
+    model: Any,
+    info: CheckpointInfo,
+    data: tuple[Any, Any, Any, int | None],
+    stacklevel: int,
+    record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Restores `info` into `model` (no optimizer state) and evaluates it: its row.
+
+    `data`: as `prepare_data` returns it. `stacklevel`: of the restore's warnings, counted
+    from this frame. `record`: the checkpoint's parsed record, if read already.
+
+    Returns:
+        `{"path", "step", "epoch", <each metric of model.evaluate>}`.
+    """
+    restore_into(
+        model, info.path, strict=True, optimizer=False, stacklevel=stacklevel + 1, record=record
+    )
+    x, y, sample_weight, batch_size = data
+    logs = model.evaluate(
+        x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0, return_dict=True
+    )
+    row: dict[str, Any] = {"path": info.path, "step": info.step, "epoch": info.epoch}
+    row.update((k, float(v)) for k, v in logs.items())
+    return row
+
+
 def evaluate_each(
     model: Any,
     kept: Sequence[CheckpointInfo],
@@ -74,29 +101,20 @@ def evaluate_each(
     stacklevel: int = 3,
     records: dict[int, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Restores each of `kept` into `model` (no optimizer state) and evaluates it.
+    """Evaluates each of `kept` in turn (`evaluate_one`); a damaged one is skipped, warned.
 
     `stacklevel`: of the warnings, for the user's frame (3: called by the public function).
     `records`: step -> parsed record, from the directory's `scan` (not read again).
     """
-    x, y, sample_weight = split_data(data, batch_size)
-    batches = _batched_once(x, y, sample_weight, batch_size)
-    if batches is not None:
-        x, y, sample_weight, batch_size = batches, None, None, None
+    prepared = prepare_data(data, batch_size)
     bar = None
     if verbose:
         bar = keras.utils.Progbar(len(kept), unit_name="checkpoint", stateful_metrics=["loss"])
     rows: list[dict[str, Any]] = []
     for n, info in enumerate(kept, 1):
+        record = (records or {}).get(info.step)
         try:
-            restore_into(
-                model,
-                info.path,
-                strict=True,
-                optimizer=False,
-                stacklevel=stacklevel + 1,
-                record=(records or {}).get(info.step),
-            )
+            row = evaluate_one(model, info, prepared, stacklevel + 1, record)
         except CheckpointCorruptError as exc:
             warnings.warn(
                 f"evaluate_checkpoints skipped {info.path}, which is damaged "
@@ -104,11 +122,6 @@ def evaluate_each(
                 stacklevel=stacklevel,
             )
             continue
-        logs = model.evaluate(
-            x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0, return_dict=True
-        )
-        row: dict[str, Any] = {"path": info.path, "step": info.step, "epoch": info.epoch}
-        row.update((k, float(v)) for k, v in logs.items())
         rows.append(row)
         if bar is not None:
             bar.update(n, values=[("loss", row["loss"])] if "loss" in row else None)
@@ -173,8 +186,7 @@ def evaluate_directory(
 def prepare_data(data: Any, batch_size: int | None) -> tuple[Any, Any, Any, int | None]:
     """`(x, y, sample_weight, batch_size)` for `model.evaluate`, numpy data batched once.
 
-    The same batches `evaluate_each` evaluates on, for callers that evaluate one checkpoint
-    at a time (`keras_ckpt.watch`).
+    Prepared once and passed to each `evaluate_one` (the same batches for every checkpoint).
     """
     x, y, sample_weight = split_data(data, batch_size)
     batches = _batched_once(x, y, sample_weight, batch_size)

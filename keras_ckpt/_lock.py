@@ -24,13 +24,12 @@ import os
 import re
 import socket
 import threading
-import time
 import uuid
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from keras_ckpt import _fs
+from keras_ckpt import _clock, _fs
 from keras_ckpt.errors import DirectoryLockedError
 
 logger = logging.getLogger(__name__)
@@ -190,7 +189,7 @@ class DirectoryLock:
 
 
 def _lock_text(holder: str, run: str, state: str) -> str:
-    return f"{holder}\nrun {run} {state} {time.time():.3f}\n"
+    return f"{holder}\nrun {run} {state} {_clock.wall():.3f}\n"
 
 
 def run_state(directory: str) -> tuple[str, str]:

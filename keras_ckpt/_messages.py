@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import KeepPolicy, describe, monitors_of, ranking, resolve_mode
+from keras_ckpt.policies import KeepAny, KeepPolicy, describe, monitors_of, ranking, resolve_mode
 
 _SHOWN_METRICS = 4  # a save line shows at most this many metrics
 
@@ -82,7 +82,7 @@ def saved_line(
 
 def deleted_line(label: str, gone: CheckpointInfo, policies: Sequence[KeepPolicy]) -> str:
     """`Epoch 3: deleted runs/last/ckpt-12 (not among the 3 newest)`."""
-    why = " or ".join(describe(p) for p in policies)
+    why = describe(KeepAny(tuple(policies)))
     return f"{label}: deleted {gone.path} (not among {why})"
 
 

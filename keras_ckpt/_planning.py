@@ -22,7 +22,7 @@ from keras_ckpt.policies import KeepAny, KeepPolicy, best_by, judges_weights, mo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Plan", "SavePlanner", "check_monitors"]
+__all__ = ["Plan", "SavePlanner", "check_monitors", "optimizer_step"]
 
 # a save to make: the new checkpoint, the kept list after it, the checkpoints it replaces
 Plan = tuple[CheckpointInfo, list[CheckpointInfo], list[CheckpointInfo]]
@@ -40,6 +40,14 @@ def weights_finite(model: Any) -> bool:
         if tf.as_dtype(w.dtype).is_floating
     ]
     return bool(tf.reduce_all(checks)) if checks else True
+
+
+def optimizer_step(model: Any) -> int | None:
+    """The optimizer's step count (`optimizer.iterations`, what numbers the saves), or None."""
+    iterations = getattr(getattr(model, "optimizer", None), "iterations", None)
+    if iterations is None:
+        return None
+    return int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
 
 
 def check_monitors(
@@ -149,16 +157,9 @@ class SavePlanner:
 
     # -- steps -----------------------------------------------------------------------------------
 
-    def _optimizer_step(self) -> int | None:
-        optimizer = getattr(self.model, "optimizer", None)
-        iterations = getattr(optimizer, "iterations", None)
-        if iterations is None:
-            return None
-        return int(iterations.numpy() if hasattr(iterations, "numpy") else iterations)
-
     def current_step(self) -> int:
         """The step training is at, numbered as a save would number it (no side effects)."""
-        base = self._optimizer_step()
+        base = optimizer_step(self.model)
         if base is None:
             return self._counter
         if self.offset is not None:
@@ -167,7 +168,7 @@ class SavePlanner:
 
     def auto_step(self) -> int:
         """The step of a save without `step=` (the first one fixes the numbering)."""
-        base = self._optimizer_step()
+        base = optimizer_step(self.model)
         if base is None:
             self._counter += 1
             base = self._counter

@@ -18,6 +18,7 @@ from typing import Any
 
 from keras_ckpt import _assets, _graph, _model_json
 from keras_ckpt._objgraph import take_snapshot
+from keras_ckpt._planning import optimizer_step
 from keras_ckpt._untracked import RECORD_KEY, UntrackedState
 from keras_ckpt.directory import CheckpointDirectory
 
@@ -54,10 +55,9 @@ class SaveRecord:
             Exception: writing `model.json`, `assets/` or `graph/` failed (the save fails).
         """
         optimizer = getattr(self.model, "optimizer", None)
-        iterations = getattr(optimizer, "iterations", None)
         fields: dict[str, Any] = {
             "with_optimizer": bool(self.save_optimizer and optimizer is not None),
-            "optimizer_step": None if iterations is None else int(iterations.numpy()),
+            "optimizer_step": optimizer_step(self.model),
             "step_offset": step_offset,
         }
         untracked = self._untracked.record()

@@ -16,7 +16,7 @@ from keras_ckpt import _fs
 from keras_ckpt import _shared_record as _sharing
 from keras_ckpt._layout import Located, scan
 from keras_ckpt._layout import kept as list_checkpoints
-from keras_ckpt.info import prefix_name
+from keras_ckpt.info import prefix_name, step_of
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ def _shared_note(prefix: str, record: dict[str, Any] | None) -> str:
     shared = sum(int(record["files"][n]) for n in mine)
     others = sorted(
         {n for e in mine.values() for n in holders.get(str(e["id"]), [])} - {name},
-        key=lambda n: int(n.split("-")[-1]),
+        key=step_of,
     )
     return f", of which {human_bytes(shared)} shared with " + (", ".join(others) or "no other")
 

@@ -31,11 +31,11 @@ import tensorflow as tf
 
 from keras_ckpt import _evaluate, _export, _fs, _graph, _layout
 from keras_ckpt._lock import run_state
-from keras_ckpt._messages import say
+from keras_ckpt._messages import check_verbose, say
 from keras_ckpt._restore import restore_into
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, MonitorNotFoundError
-from keras_ckpt.info import CheckpointInfo
-from keras_ckpt.policies import resolve_mode
+from keras_ckpt.info import CheckpointInfo, prefix_name
+from keras_ckpt.policies import check_choice, score
 
 logger = logging.getLogger(__name__)
 
@@ -177,14 +177,10 @@ class _Watcher:
     ) -> None:
         if not isinstance(monitor, str) or not monitor:
             raise ValueError(f"`monitor` must be a metric name. Received: monitor={monitor!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                f"`mode` must be one of 'auto', 'min', 'max'. Received: mode={mode!r}"
-            )
+        check_choice("mode", mode, ("auto", "min", "max"))
         _check_number("poll_seconds", poll_seconds, allow_none=False, positive=True)
         _check_number("timeout", timeout, allow_none=True, positive=False)
-        if isinstance(verbose, bool) or not isinstance(verbose, int) or verbose < 0:
-            raise ValueError(f"`verbose` must be 0, 1 or 2. Received: verbose={verbose!r}")
+        check_verbose(verbose)
         self.directory = directory
         self.out = _fs.fspath(output) if output is not None else directory + "-eval"
         inside = self.out == directory or self.out.startswith(directory.rstrip("/") + "/")
@@ -198,7 +194,7 @@ class _Watcher:
         self.given = model is not None
         self.original: list[Any] | None = None
         self.monitor = monitor
-        self.sign = -1.0 if resolve_mode(monitor, mode) == "max" else 1.0
+        self.mode = mode
         self.export_best = bool(export_best)
         self.poll_seconds = float(poll_seconds)
         self.timeout = timeout
@@ -285,7 +281,7 @@ class _Watcher:
 
     def _skip(self, step: int, why: str) -> None:
         self.skipped.add(step)
-        self._say(f"ckpt-{step} {why}: skipped.")
+        self._say(f"{prefix_name(step)} {why}: skipped.")
 
     # -- one checkpoint -------------------------------------------------------------------------
 
@@ -295,18 +291,11 @@ class _Watcher:
         self.model = _evaluate.compiled_model(self.directory, self.model, "watch")
         return self.model
 
-    def _restore(self, model: Any, path: str, step: int, stacklevel: int) -> None:
-        """Restores checkpoint `path` with the record the latest listing read (no re-read)."""
-        record = self.records.get(step)
-        restore_into(
-            model, path, strict=True, optimizer=False, stacklevel=stacklevel, record=record
-        )
-
     def _evaluate(self, info: CheckpointInfo) -> None:
         began = time.monotonic()
         model = self._build()
-        try:
-            self._restore(model, info.path, info.step, stacklevel=6)
+        try:  # with the record the latest listing read (no re-read)
+            row = _evaluate.evaluate_one(model, info, self.data, 5, self.records.get(info.step))
         except _READ_ERRORS as exc:
             if not _fs.exists(info.path + ".index"):
                 self._skip(info.step, "was rotated away while it was read")
@@ -316,12 +305,6 @@ class _Watcher:
             warnings.warn(f"watch skipped {info.path}, which is damaged ({exc}).", stacklevel=5)
             self.skipped.add(info.step)
             return
-        x, y, sample_weight, batch_size = self.data
-        logs = model.evaluate(
-            x, y, sample_weight=sample_weight, batch_size=batch_size, verbose=0, return_dict=True
-        )
-        row: dict[str, Any] = {"path": info.path, "step": info.step, "epoch": info.epoch}
-        row.update((k, float(v)) for k, v in logs.items())
         if self.monitor not in row:
             metrics = ", ".join(k for k in row if k not in ("path", "step", "epoch"))
             raise MonitorNotFoundError(
@@ -344,17 +327,14 @@ class _Watcher:
             )
             mark = f" (best {self.monitor} so far)" if better else ""
             seconds = time.monotonic() - began
-            say(f"Watch: ckpt-{info.step} - {seconds:.1f}s - {values}{mark}")
+            say(f"Watch: {info.name} - {seconds:.1f}s - {values}{mark}")
 
     def _rank(self, row: dict[str, Any]) -> bool:
         """Makes `row` the best if it beats it (ties: the newer one); True if it did."""
-        value = row.get(self.monitor)
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
+        rank = score(row.get(self.monitor), self.monitor, self.mode)
+        if math.isnan(rank) or (self.best is not None and rank > self.best[0]):
             return False
-        score = self.sign * float(value)
-        if self.best is not None and score > self.best[0]:
-            return False
-        self.best = (score, row)
+        self.best = (rank, row)
         return True
 
     # -- the best row's SavedModel --------------------------------------------------------------
@@ -369,7 +349,10 @@ class _Watcher:
         if self.best_weights is None:  # a restarted watcher: the best row of the file
             path = self.best[1]["path"]
             try:
-                self._restore(self._build(), path, step, stacklevel=5)
+                record = self.records.get(step)
+                restore_into(
+                    self._build(), path, strict=True, optimizer=False, stacklevel=4, record=record
+                )
             except _READ_ERRORS:
                 if _fs.exists(path + ".index"):
                     raise
@@ -385,7 +368,7 @@ class _Watcher:
             _export.replace_saved_model(self.model, target)
         finally:
             tf_logger.setLevel(level)
-        self._say(f"exported ckpt-{step} to {target}")
+        self._say(f"exported {prefix_name(step)} to {target}")
 
 
 def _inside(path: str, directory: str) -> bool:

@@ -21,7 +21,7 @@ from keras_ckpt.policies import (
     KeepEveryNHours,
     KeepLast,
     KeepPolicy,
-    _check_positive_number,
+    check_positive_number,
     save_every,
 )
 
@@ -183,7 +183,7 @@ class TimedCheckpoint(CheckpointCallback):
         save_on_preemption: bool = False,
         save_graph: bool = False,
     ) -> None:
-        _check_positive_number("every_seconds", every_seconds)
+        check_positive_number("every_seconds", every_seconds)
         newest = KeepAll() if max_to_keep is None else _keep_last("max_to_keep", max_to_keep)
         keep = _rotation(newest, keep_every_n_hours)
         super().__init__(

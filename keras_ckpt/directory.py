@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -288,7 +287,3 @@ class CheckpointDirectory:
 def _state_text(kept: list[CheckpointInfo], start: float) -> str:
     kept = sorted(kept, key=lambda i: i.step)
     return format_state([i.name for i in kept], [i.saved_at for i in kept], start)
-
-
-def now() -> float:
-    return time.time()

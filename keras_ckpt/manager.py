@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
 
-from keras_ckpt import _dist, _fs, _messages, _sharing
+from keras_ckpt import _clock, _dist, _fs, _messages, _sharing
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
@@ -301,7 +300,7 @@ class CheckpointManager:
         record: dict[str, Any] = {
             "epoch": int(epoch),
             "step": self._planner.current_step(),
-            "time": time.time(),
+            "time": _clock.wall(),
             "saved": self._saved_since_log,
         }
         self._saved_since_log = []

@@ -66,13 +66,13 @@ def _check_positive_int(name: str, value: object) -> None:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
 
 
-def _check_positive_number(name: str, value: object) -> None:
+def check_positive_number(name: str, value: object) -> None:
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or not math.isfinite(float(value)) or float(value) <= 0:  # type: ignore[arg-type]
         raise ValueError(f"`{name}` must be a positive number. Received: {name}={value!r}")
 
 
-def _check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
+def check_choice(name: str, value: object, allowed: tuple[object, ...]) -> None:
     if value not in allowed:
         choices = ", ".join(map(repr, allowed))
         raise ValueError(f"`{name}` must be one of {choices}. Received: {name}={value!r}")
@@ -86,12 +86,16 @@ def resolve_mode(monitor: str, mode: str) -> Literal["min", "max"]:
     return "max" if any(key in name for key in _MAX_NAMES) else "min"
 
 
-def _score(info: CheckpointInfo, monitor: str, mode: str) -> float:
-    """Lower is better; NaN when the metric is absent or not finite."""
-    value = info.metrics.get(monitor, math.nan)
-    if not math.isfinite(value):
+def score(value: object, monitor: str, mode: str) -> float:
+    """`monitor`'s `value` as a rank: lower is better; NaN when not a finite number."""
+    try:
+        finite = math.isfinite(value)  # type: ignore[arg-type]
+    except TypeError:  # None, a string: never best
         return math.nan
-    return -value if resolve_mode(monitor, mode) == "max" else value
+    if not finite:
+        return math.nan
+    number = float(value)  # type: ignore[arg-type]
+    return -number if resolve_mode(monitor, mode) == "max" else number
 
 
 def _duration(hours: float) -> str:
@@ -148,7 +152,7 @@ class EveryNSeconds:
     s: float
 
     def __post_init__(self) -> None:
-        _check_positive_number("s", self.s)
+        check_positive_number("s", self.s)
 
     def at_batch(self, batches: int, seconds: float) -> bool:
         return seconds >= self.s
@@ -289,7 +293,7 @@ class KeepBest:
                 f"monitor={self.monitor!r}"
             )
         _check_positive_int("k", self.k)
-        _check_choice("mode", self.mode, ("auto", "min", "max"))
+        check_choice("mode", self.mode, ("auto", "min", "max"))
         if not isinstance(self.min_delta, numbers.Real) or not math.isfinite(self.min_delta):
             raise ValueError(
                 f"`min_delta` must be a finite number. Received: min_delta={self.min_delta!r}"
@@ -304,7 +308,7 @@ class KeepBest:
 
     def score(self, info: CheckpointInfo) -> float:
         """Lower is better; NaN when absent or not finite."""
-        return _score(info, self.monitor, self.mode)
+        return score(info.metrics.get(self.monitor), self.monitor, self.mode)
 
     def best(self, kept: Sequence[CheckpointInfo]) -> CheckpointInfo | None:
         """The best kept checkpoint (newest among equals), or None."""
@@ -335,7 +339,7 @@ class KeepEveryNHours:
     monitors: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
-        _check_positive_number("h", self.h)
+        check_positive_number("h", self.h)
 
     def describe(self) -> str:
         return f"one kept per {_duration(self.h)}"

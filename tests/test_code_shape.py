@@ -7,7 +7,9 @@
 - no access to another module's underscore attributes: `obj._name` is allowed when `obj` is
   `self` or `cls`, or when `_name` is defined in the same module (a class there assigns or
   defines it), or when `_name` is a TensorFlow/Keras private API listed in `TF_PRIVATE`
-  (each entry says why we need it).
+  (each entry says why we need it);
+- no `from keras_ckpt.x import _name` of another module's private function, class or
+  constant (importing a private module, `from keras_ckpt import _fs`, is fine).
 """
 
 from __future__ import annotations
@@ -76,6 +78,26 @@ def _private_accesses(tree: ast.Module) -> list[tuple[int, str]]:
     return found
 
 
+def _private_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """`from keras_ckpt.x import _name` (or relative) of a name that is not a module."""
+    modules = {p.stem for p in MODULES}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if not node.level and (node.module or "").split(".")[0] != "keras_ckpt":
+            continue
+        package = node.module == "keras_ckpt" or (node.level == 1 and node.module is None)
+        for alias in node.names:
+            name = alias.name
+            if not name.startswith("_") or name.startswith("__"):
+                continue
+            if package and name in modules:
+                continue
+            found.append((node.lineno, f"{node.module or '.'}.{name}"))
+    return found
+
+
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: p.name)
 def test_no_module_is_over_the_size_limit(path):
     lines = len(path.read_text(encoding="utf-8").splitlines())
@@ -114,6 +136,13 @@ def test_no_access_to_another_modules_underscore_attributes():
     assert offenders == []
 
 
+def test_no_import_of_another_modules_private_names():
+    offenders = [
+        f"{p.name}:{line}: {text}" for p in MODULES for line, text in _private_imports(_tree(p))
+    ]
+    assert offenders == []
+
+
 def test_the_checks_catch_what_they_are_meant_to_catch():
     bad = ast.parse(
         "import sys\n"
@@ -135,3 +164,20 @@ def test_the_checks_catch_what_they_are_meant_to_catch():
         "    return a._x, t._serialize_to_tensors()\n"
     )
     assert _private_accesses(good) == []
+    bad_imports = ast.parse(
+        "from keras_ckpt.policies import KeepLast, _check_choice\n"
+        "from keras_ckpt import _fs, _not_a_module\n"
+        "from ._layout import _scan\n"
+    )
+    assert [text for _, text in _private_imports(bad_imports)] == [
+        "keras_ckpt.policies._check_choice",
+        "keras_ckpt._not_a_module",
+        "_layout._scan",
+    ]
+    good_imports = ast.parse(
+        "from keras_ckpt import _fs, _layout\n"
+        "from keras_ckpt.policies import check_choice\n"
+        "from keras_ckpt.errors import short_reason as _describe\n"
+        "from os import _exit\n"
+    )
+    assert _private_imports(good_imports) == []
