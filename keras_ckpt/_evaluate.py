@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from keras_ckpt import _fs, _graph, _graph_import, _layout, _model_json
 from keras_ckpt._layout import scan
-from keras_ckpt._messages import damaged_list
+from keras_ckpt._messages import skipped_warning
 from keras_ckpt._reader import describe
 from keras_ckpt._restore import restore_into
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
@@ -163,13 +163,10 @@ def evaluate_directory(
     split_data(data, batch_size)  # bad arguments fail before any work
     found = scan(path)
     kept = _layout.kept(path, found)
-    damaged = found.damaged
-    if damaged:
-        warnings.warn(
-            f"evaluate_checkpoints skipped damaged checkpoints in {path}: "
-            + damaged_list(damaged),
-            stacklevel=3,
-        )
+    if found.damaged:
+        instead = f"evaluating the {len(kept)} intact one(s)"
+        message = skipped_warning(path, found.damaged, instead, "evaluate_checkpoints")
+        warnings.warn(message, stacklevel=3)
     if not kept:
         return []
     original = None if model is None else _graph.get_weights(model)

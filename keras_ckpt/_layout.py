@@ -1,13 +1,12 @@
 """What a checkpoint directory holds, read only: the one owner of the read side.
 
-Names (`ckpt-N.index`, `ckpt-N.data-*`, `ckpt-N.json`, the `checkpoint` state file, the
-temporaries of interrupted writes), the state file's codec (`format_state`, `parse_state`),
-`scan` (every record parsed once, each checkpoint's files checked against its record:
-`check_files`), the kept list (`kept`, with directories a plain `tf.train.CheckpointManager`
-wrote: `foreign`), and what a `checkpoint` argument means (`locate`: a prefix, or a
-directory's newest intact checkpoint, with its record, from one listing). No TensorFlow:
-`keras-ckpt list` reads directories through this module alone.
-
+Names (`ckpt-N.index`, `.data-*`, `.json`, the `checkpoint` state file, temporaries of
+interrupted writes; `checkpoint_files`: a checkpoint's own), the state file's codec, `scan`
+(every record parsed once, each checkpoint checked against its record by `check`, which
+`verify` uses too), `read_record`, the kept list (`kept`; `foreign`: a plain
+`tf.train.CheckpointManager`'s), `newest_intact`, and what an argument means (`locate`:
+a prefix, or a directory's newest intact checkpoint, with its record; `classify`: for
+`verify`). No TensorFlow: `keras-ckpt list` reads directories through this module alone.
 `directory.CheckpointDirectory` is the one writer; it uses these names and `scan`.
 """
 
@@ -16,13 +15,13 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from keras_ckpt import _fs
 from keras_ckpt._lock import LOCK
-from keras_ckpt._messages import damaged_list
+from keras_ckpt._messages import skipped_warning
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of
 
@@ -41,7 +40,9 @@ class Scan:
     kept: list[CheckpointInfo] = field(default_factory=list)
     damaged: dict[str, str] = field(default_factory=dict)  # prefix name -> why
     partial: list[str] = field(default_factory=list)  # prefix names of interrupted saves
-    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # step -> sidecar record
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # step -> kept's record
+    checked: dict[str, Checked] = field(default_factory=dict)  # prefix name -> `check`
+    names: set[str] = field(default_factory=set)  # the directory's listing
     newest_step: int = -1  # over everything on disk, damaged included
     start: float | None = None  # keep_every_n_hours counts from here
 
@@ -87,39 +88,90 @@ def scan(directory: str) -> Scan:
     """Reads the records of `directory` (no writes). Damaged checkpoints are reported, not kept."""
     result = Scan()
     names = _fs.list_dir(directory)
-    present = set(names)
-    for name in names:  # a record without index is a leftover: its step was never taken
-        match = _INDEX_RE.match(name)
-        if match:
-            step = step_of(match.group(1))
-            if step is not None:
-                result.newest_step = max(result.newest_step, step)
+    present = result.names = set(names)
+    # a record without index is a leftover: its step was never taken
+    steps = [step_of(m.group(1)) for n in names if (m := _INDEX_RE.match(n))]
+    result.newest_step = max((s for s in steps if s is not None), default=-1)
     for name in names:
         match = _RECORD_RE.match(name)
         if not match:
             continue
         prefix = match.group(1)
-        path = _fs.join(directory, prefix)
-        try:
-            info, record = from_json(_fs.read_text(_fs.join(directory, name)), path)
-        except (ValueError, KeyError, TypeError) as exc:
-            result.damaged[prefix] = f"{name} is not a valid record ({exc})"
-            continue
-        if prefix_name(info.step) != prefix:
-            result.damaged[prefix] = f"{name} records step {info.step}, not {prefix}"
-            continue
-        if f"{prefix}.index" not in present:
+        checked = result.checked[prefix] = check(directory, prefix, present)
+        if checked.partial:
             result.partial.append(prefix)
-            continue
-        problem = check_files(directory, record, present)
-        if problem:
-            result.damaged[prefix] = problem
-            continue
-        result.kept.append(info)
-        result.records[info.step] = record
+        elif checked.problems:
+            result.damaged[prefix] = checked.why
+        else:
+            assert checked.info is not None and checked.record is not None
+            result.kept.append(checked.info)
+            result.records[checked.info.step] = checked.record
     result.kept.sort(key=lambda i: i.step)
     result.start = _state_start(directory, present)
     return result
+
+
+@dataclass
+class Checked:
+    """One checkpoint against its record (`check`): what `scan` keeps and `verify` reports.
+
+    `problems`: `(file name, what is wrong)` in the order found, e.g. `("ckpt-8.index",
+    "100 bytes, expected 4096 (truncated or altered)")`.
+    """
+
+    info: CheckpointInfo | None = None  # None: no record, or a garbled one
+    record: dict[str, Any] | None = None
+    problems: list[tuple[str, str]] = field(default_factory=list)
+    has_index: bool = True
+    sizes_ok: bool = True  # every file the record lists has its recorded size
+    step_ok: bool = True  # the record names the checkpoint's own step
+
+    @property
+    def partial(self) -> bool:
+        """An interrupted save: a valid record of its own step, no index (never kept)."""
+        return self.info is not None and self.step_ok and not self.has_index
+
+    @property
+    def why(self) -> str:
+        """The first problem, `<file> is <what is wrong>` (`scan`'s damaged reason)."""
+        fname, what = self.problems[0]
+        return f"{fname} is {what}"
+
+
+def check(directory: str, name: str, present: set[str] | None = None) -> Checked:
+    """The one check of checkpoint `name` (`ckpt-8`) of `directory` against its record: a
+    valid record of its own step, listing files that all have the recorded size. The record
+    is read once; the data is not (`_verify` does). `present`: the names, if listed already.
+    """
+
+    def exists(fname: str) -> bool:
+        return fname in present if present is not None else _fs.exists(_fs.join(directory, fname))
+
+    out = Checked(has_index=exists(f"{name}.index"))
+    record_name = f"{name}.json"
+    if not exists(record_name):
+        return out
+    try:
+        out.info, out.record = _parse_record(_fs.join(directory, name))
+    except CheckpointCorruptError as exc:
+        out.problems.append((record_name, f"not a valid checkpoint record ({exc.reason})"))
+        return out
+    if step_of(name) is not None and prefix_name(out.info.step) != name:
+        out.step_ok = False
+        out.problems.append((record_name, f"a record of step {out.info.step}, not of {name}"))
+    files = out.record.get("files")
+    if not isinstance(files, dict) or not files:
+        out.problems.append((record_name, "a record listing no files"))
+        return out
+    for fname, actual, expected in size_mismatches(directory, files, present):
+        out.sizes_ok = False
+        if actual is None:
+            out.problems.append((fname, f"missing (listed in {record_name})"))
+        else:
+            out.problems.append(
+                (fname, f"{actual} bytes, expected {expected} (truncated or altered)")
+            )
+    return out
 
 
 def size_mismatches(
@@ -127,7 +179,7 @@ def size_mismatches(
 ) -> Iterator[tuple[str, int | None, int]]:
     """`(name, size on disk or None if missing, recorded size)` of each file that differs.
 
-    The one check of a checkpoint's files against its record (`scan`, `_reader`, `_verify`);
+    The one comparison of a checkpoint's files with its record (`check`, `_reader`);
     `present`: the directory's names, if listed already (else each file is looked up).
     """
     for fname, expected in sorted(files.items()):
@@ -140,18 +192,6 @@ def size_mismatches(
             yield fname, actual, expected
 
 
-def check_files(directory: str, record: dict[str, Any], present: set[str]) -> str | None:
-    """Why a checkpoint's files do not match its record (the first problem), or None."""
-    files = record.get("files")
-    if not isinstance(files, dict) or not files:
-        return "its record lists no files"
-    for fname, actual, expected in size_mismatches(directory, files, present):
-        if actual is None:
-            return f"{fname} is missing"
-        return f"{fname} is {actual} bytes, expected {expected} (truncated or altered)"
-    return None
-
-
 def _state_start(directory: str, present: set[str]) -> float | None:
     if STATE not in present:
         return None
@@ -162,12 +202,21 @@ def _state_start(directory: str, present: set[str]) -> float | None:
         return None
 
 
-_DATA_RE = re.compile(r"^(ckpt-\d+)\.data-\d{5}-of-\d{5}$")
+_DATA_RE = r"\.data-\d{5}-of-\d{5}"
+
+
+def checkpoint_files(name: str, names: Sequence[str]) -> list[str]:
+    """The `.index` and `.data-*` shards of checkpoint `name` (`ckpt-8`) among `names`, sorted.
+
+    The one rule for which files are a checkpoint's own (size, deletion, blame).
+    """
+    shard = re.compile(re.escape(name) + _DATA_RE + "$")
+    return sorted(n for n in names if n == f"{name}.index" or shard.match(n))
 
 
 def owned_files(prefix: str, names: list[str]) -> list[str]:
     """The files of our checkpoint `prefix` among `names`: index first, record last."""
-    data = [n for n in names if (m := _DATA_RE.match(n)) and m.group(1) == prefix]
+    data = [n for n in checkpoint_files(prefix, names) if n != f"{prefix}.index"]
     return [f"{prefix}.index", *data, f"{prefix}.json"]
 
 
@@ -195,10 +244,11 @@ def is_temp_file(name: str) -> bool:
 # -- finding checkpoints ---------------------------------------------------------------------
 
 
-def foreign(directory: str) -> list[CheckpointInfo]:
+def foreign(directory: str, present: set[str] | None = None) -> list[CheckpointInfo]:
     """Checkpoints a plain `tf.train.CheckpointManager` recorded (no records of ours).
 
     Only names inside `directory` are considered; absolute paths and `..` are ignored.
+    `present`: the directory's names, if listed already.
     """
     try:
         fields = parse_state(_fs.read_text(_fs.join(directory, STATE)))
@@ -206,7 +256,7 @@ def foreign(directory: str) -> list[CheckpointInfo]:
         return []
     names = fields.get("all_model_checkpoint_paths", [])
     stamps = fields.get("all_model_checkpoint_timestamps", [])
-    present = set(_fs.list_dir(directory))
+    present = set(_fs.list_dir(directory)) if present is None else present
     out = []
     for i, name in enumerate(names):
         if "/" in name or "\\" in name or name.startswith(".") or f"{name}.index" not in present:
@@ -232,22 +282,37 @@ def kept(directory: str, found: Scan | None = None) -> list[CheckpointInfo]:
         found = scan(directory)
     if found.kept or found.damaged or found.partial:
         return found.kept
-    return foreign(directory)
+    return foreign(directory, found.names)
 
 
-def newer_damaged(directory: str, step: int, found: Scan | None = None) -> dict[str, str]:
-    """Damaged checkpoints of `directory` newer than `step`: prefix name -> why."""
-    damaged = (found or scan(directory)).damaged
-    return {n: why for n, why in damaged.items() if (step_of(n) or -1) > step}
+def newest_intact(directory: str, found: Scan) -> tuple[list[CheckpointInfo], dict[str, str]]:
+    """The kept checkpoints of `directory` (the newest intact one last) and the damaged ones
+    newer than it, skipped (prefix name -> why). The one home of "the newest intact
+    checkpoint" (`locate`, `_restore.restore_newest`); `found`: the directory's `scan`.
+    """
+    listed = kept(directory, found)
+    newest = listed[-1].step if listed else -1
+    return listed, {n: why for n, why in found.damaged.items() if (step_of(n) or -1) > newest}
+
+
+def classify(path: str) -> tuple[str, str] | None:
+    """What a `verify` target is: `("prefix", prefix)` (a trailing `.index` dropped; an
+    index or a record exists), `("directory", path)`, or None (nothing there)."""
+    if path.endswith(".index"):
+        path = path[: -len(".index")]
+    if _fs.exists(path + ".index") or _fs.exists(path + ".json"):
+        return "prefix", path
+    if _fs.isdir(path):
+        return "directory", path
+    return None
 
 
 @dataclass(frozen=True)
 class Located:
     """A `checkpoint` argument resolved once: its prefix, `CheckpointInfo` and record.
 
-    `record` is the parsed `ckpt-N.json`, to hand on to `_restore.restore_into` and the
-    readers so that nothing reads it again; None when there is none (a plain TensorFlow
-    checkpoint) or, with `lenient`, when it is garbled (the readers then read it themselves).
+    `record`: the parsed `ckpt-N.json`, handed on so that nothing reads it again; None when
+    there is none (plain TensorFlow) or, with `lenient`, when it is garbled.
     """
 
     prefix: str
@@ -264,15 +329,14 @@ def locate(
 ) -> Located:
     """A prefix for a prefix, the newest intact checkpoint for a directory, with its record.
 
-    A directory is listed once (`_layout.scan` parses every record, and the chosen one is
-    handed on); a prefix's record is read once. A directory whose newest checkpoints are
-    damaged resolves to the newest intact one, with a warning naming what was skipped.
+    A directory is listed once (`scan` parses every record; the chosen one is handed on); a
+    prefix's record is read once. Damaged checkpoints newer than the newest intact one are
+    skipped with a warning (`newest_intact`).
 
     Args:
         checkpoint: A prefix (`.index` may be appended) or a directory.
         stacklevel: Of the warning, for the user's frame.
-        lenient: A prefix's garbled record does not raise: `info` is then taken from the
-            prefix's name and `record` is None (for callers that never used the record).
+        lenient: A prefix's garbled record does not raise: `info` from the prefix's name.
         warn: Warn about skipped damaged checkpoints (the CLI does not: `verify` names them).
 
     Raises:
@@ -284,14 +348,14 @@ def locate(
         path = path[: -len(".index")]
     if _fs.exists(path + ".index"):
         try:
-            return Located(path, *_read_record(path))
+            return Located(path, *read_record(path))
         except CheckpointCorruptError:
             if not lenient:
                 raise
             return Located(path, _info_from_name(path))
     if _fs.isdir(path):
         found = scan(path)
-        listed = kept(path, found)
+        listed, skipped = newest_intact(path, found)
         if not listed:
             raise CheckpointNotFoundError(
                 f"{path} holds no complete checkpoint. Train with a keras_ckpt callback into "
@@ -300,17 +364,13 @@ def locate(
                 reason="no complete checkpoint",
             )
         latest = listed[-1]
-        skipped = newer_damaged(path, latest.step, found)
         if skipped and warn:
             warnings.warn(
-                f"The newest checkpoint(s) in {path} are damaged and were skipped ("
-                + damaged_list(skipped)
-                + f"); using {latest.path}. Run `keras-ckpt verify {path}`.",
-                stacklevel=stacklevel,
+                skipped_warning(path, skipped, f"using {latest.path}"), stacklevel=stacklevel
             )
         record = found.records.get(latest.step)
         if record is None:  # a plain TensorFlow checkpoint: no record of ours
-            return Located(latest.path, info_of(latest.path))
+            return Located(latest.path, read_record(latest.path)[0])
         return Located(latest.path, latest, record)
     raise CheckpointNotFoundError(
         f"No checkpoint at {path}: neither {path}.index nor a directory of checkpoints exists.",
@@ -319,16 +379,20 @@ def locate(
     )
 
 
-def resolve(checkpoint: str | os.PathLike[str], stacklevel: int = 3) -> str:
-    """A prefix for a prefix, the latest prefix for a directory (`locate(...).prefix`)."""
-    return locate(checkpoint, stacklevel + 1, lenient=True).prefix
+def read_record(prefix: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
+    """The `CheckpointInfo` and parsed record (`ckpt-N.json`) of a prefix, in one read (the
+    one reader of a record besides `check`). Without a record: info from the name, None.
 
-
-def _read_record(prefix: str) -> tuple[CheckpointInfo, dict[str, Any] | None]:
-    """The `CheckpointInfo` and parsed record of a prefix (one read; None: it has none)."""
-    record = prefix + ".json"
-    if not _fs.exists(record):
+    Raises:
+        CheckpointCorruptError: the record is garbled (`file` names it, `reason` says why).
+    """
+    if not _fs.exists(prefix + ".json"):
         return _info_from_name(prefix), None
+    return _parse_record(prefix)
+
+
+def _parse_record(prefix: str) -> tuple[CheckpointInfo, dict[str, Any]]:
+    record = prefix + ".json"
     try:
         return from_json(_fs.read_text(record), prefix)
     except (ValueError, KeyError, TypeError) as exc:
@@ -345,8 +409,3 @@ def _info_from_name(prefix: str) -> CheckpointInfo:
     step = step_of(_fs.basename(prefix))
     saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0
     return CheckpointInfo(prefix, step if step is not None else 0, None, {}, saved)
-
-
-def info_of(prefix: str) -> CheckpointInfo:
-    """The `CheckpointInfo` of a prefix, from its record when there is one."""
-    return _read_record(prefix)[0]

@@ -42,6 +42,19 @@ def damaged_list(damaged: dict[str, str]) -> str:
     return "; ".join(f"{name}: {why}" for name, why in sorted(damaged.items()))
 
 
+def skipped_warning(directory: str, skipped: dict[str, str], instead: str, who: str = "") -> str:
+    """The one warning that damaged checkpoints were skipped: which, why, what instead.
+
+    `[<who>: s]kipped damaged checkpoint(s) in <directory> (ckpt-24: <why>; ...); <instead,
+    e.g. "using runs/ckpt-16">. Run `keras-ckpt verify <directory>`.`
+    """
+    start = f"{who}: skipped" if who else "Skipped"
+    return (
+        f"{start} damaged checkpoint(s) in {directory} ({damaged_list(skipped)}); "
+        f"{instead}. Run `keras-ckpt verify {directory}`."
+    )
+
+
 def _number(value: float) -> str:
     return f"{value:.4g}"
 

@@ -9,7 +9,6 @@ TensorFlow knows (`tf.train.list_variables` cannot read `ram://`).
 from __future__ import annotations
 
 import collections
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 from keras_ckpt import _fs
-from keras_ckpt._layout import size_mismatches
+from keras_ckpt._layout import checkpoint_files, read_record, size_mismatches
 from keras_ckpt.errors import (
     CheckpointCorruptError,
     CheckpointMismatchError,
@@ -37,11 +36,11 @@ _SHARD_RE = re.compile(r"shard (\d+)")
 
 
 def data_files(prefix: str) -> list[str]:
-    """The `.data-*` shards of `prefix` that exist, sorted."""
+    """The `.data-*` shards of `prefix` that exist, sorted (`_layout.checkpoint_files`)."""
     base = _fs.basename(prefix)
     directory = _fs.dirname(prefix)
-    names = _fs.list_dir(directory)
-    return [_fs.join(directory, n) for n in names if n.startswith(base + ".data-")]
+    own = checkpoint_files(base, _fs.list_dir(directory))
+    return [_fs.join(directory, n) for n in own if n != f"{base}.index"]
 
 
 def blame(prefix: str, exc: BaseException, default: str) -> str:
@@ -64,12 +63,11 @@ def check_sizes(prefix: str, record: dict[str, Any] | None = None) -> None:
     `record`: the parsed `ckpt-N.json`, if the caller has read it (no second read).
     """
     if record is None:
-        path = prefix + ".json"
-        if not _fs.exists(path):
-            return
         try:
-            record = json.loads(_fs.read_text(path))
-        except ValueError:
+            record = read_record(prefix)[1]
+        except CheckpointCorruptError:  # garbled: nothing to compare with (verify names it)
+            return
+        if record is None:
             return
     try:
         files = record.get("files", {})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from keras_ckpt import _fs
 from keras_ckpt import _shared_record as _sharing
-from keras_ckpt._layout import Located, scan
+from keras_ckpt._layout import Located, checkpoint_files, scan
 from keras_ckpt._layout import kept as list_checkpoints
 from keras_ckpt.info import prefix_name, step_of
 from keras_ckpt.policies import best_by, default_monitor, resolve_mode
@@ -48,8 +48,7 @@ def checkpoint_bytes(prefix: str, names: Sequence[str] | None = None) -> int:
     """The bytes on disk of a checkpoint's `.index` and `.data-*` files."""
     directory, base = _fs.dirname(prefix), _fs.basename(prefix)
     names = _fs.list_dir(directory) if names is None else names
-    own = [n for n in names if n == f"{base}.index" or n.startswith(f"{base}.data-")]
-    return sum(_fs.size(_fs.join(directory, n)) for n in own)
+    return sum(_fs.size(_fs.join(directory, n)) for n in checkpoint_files(base, names))
 
 
 def _table(rows: list[list[str]], right: set[int]) -> list[str]:
@@ -72,8 +71,8 @@ def list_report(directory: str, monitor: str | None = None, mode: str = "auto") 
     Raises:
         ValueError: `monitor` was given and no checkpoint recorded it.
     """
-    kept = list_checkpoints(directory)
     found = scan(directory)
+    kept = list_checkpoints(directory, found)
     if not kept and not found.damaged:
         return []
     # Keras' order: loss, the other training metrics, then the same for validation.
@@ -88,7 +87,7 @@ def list_report(directory: str, monitor: str | None = None, mode: str = "auto") 
         )
     monitor = monitor or default_monitor(kept)
     best = best_by(monitor, kept, mode)
-    files = _fs.list_dir(directory)
+    files = sorted(found.names)
     records = {prefix_name(s): r for s, r in found.records.items()}
     sharing = any(_sharing.shared_files(r) for r in records.values())
     rows = [["step", "epoch", *metrics, "size", *(["own"] * sharing), "saved", ""]]

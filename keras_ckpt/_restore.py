@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from keras_ckpt import _assets, _dist, _fs, _graph, _layout
 from keras_ckpt._layout import scan
-from keras_ckpt._messages import damaged_list
+from keras_ckpt._messages import skipped_warning
 from keras_ckpt._mismatch import Match, assign
 from keras_ckpt._reader import CheckpointReader, StoredNode, child_of, describe, stored_nodes
 from keras_ckpt._untracked import put_back, read_recorded, saveable_variables
@@ -188,15 +188,10 @@ def restore_newest(
     if not _fs.isdir(directory):
         return None
     found = scan(directory)
-    kept = _layout.kept(directory, found)
-    skipped = _layout.newer_damaged(directory, kept[-1].step if kept else -1, found)
+    kept, skipped = _layout.newest_intact(directory, found)
     if skipped:
-        warnings.warn(
-            f"{who}: the newest checkpoint(s) in {directory} are damaged and were skipped ("
-            + damaged_list(skipped)
-            + "). Falling back to the newest intact one.",
-            stacklevel=stacklevel,
-        )
+        instead = f"using {kept[-1].path}" if kept else "no intact checkpoint is left"
+        warnings.warn(skipped_warning(directory, skipped, instead, who), stacklevel=stacklevel)
     for info in reversed(kept):
         try:
             optimizer_restored = restore_into(

@@ -13,7 +13,6 @@ in `model.variables`, and only into a model whose checkpointed variables all mat
 
 from __future__ import annotations
 
-import json
 import logging
 import warnings
 from typing import Any
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ckpt import _fs
+from keras_ckpt._layout import read_record
 from keras_ckpt._objgraph import walk
 from keras_ckpt._snapshot import same_objects
+from keras_ckpt.errors import CheckpointCorruptError
 
 logger = logging.getLogger(__name__)
 
@@ -144,9 +144,9 @@ def read_recorded(
     path = prefix + ".json"
     if record is None:
         try:
-            record = json.loads(_fs.read_text(path)) if _fs.exists(path) else None
-        except Exception as exc:  # the record was read and checked before: just skip
-            logger.info("keras_ckpt: no random-number state from %s (%s)", path, exc)
+            record = read_record(prefix)[1]
+        except CheckpointCorruptError as exc:  # the record was read and checked before: skip
+            logger.info("keras_ckpt: no random-number state from %s (%s)", path, exc.reason)
             return None
     entries = record.get(RECORD_KEY) if isinstance(record, dict) else None
     if entries is None:

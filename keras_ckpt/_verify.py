@@ -17,42 +17,14 @@ from __future__ import annotations
 
 import json
 
-from keras_ckpt import _assets, _fs, _graph
+from keras_ckpt import _assets, _fs, _graph, _layout
 from keras_ckpt import _shared_record as _sharing
-from keras_ckpt._layout import STATE, parse_state, scan, size_mismatches
+from keras_ckpt._layout import STATE, Checked, Scan, check, parse_state, scan
 from keras_ckpt._reader import CheckpointReader, describe
 from keras_ckpt.errors import CheckpointCorruptError
-from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of
+from keras_ckpt.info import CheckpointInfo, step_of
 
 _BATCH_BYTES = 64 << 20  # read at most this much per RestoreV2 call
-
-
-def _record_problems(prefix: str) -> tuple[list[str], bool]:
-    """Problems of the record and of the file sizes it lists; and whether to read further."""
-    record = prefix + ".json"
-    if not _fs.exists(record):
-        return [], True
-    try:
-        info, fields = from_json(_fs.read_text(record), prefix)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
-        return [f"{record}: not a valid checkpoint record ({exc})"], True
-    lines = []
-    name = _fs.basename(prefix)
-    if step_of(name) is not None and prefix_name(info.step) != name:
-        lines.append(f"{record}: records step {info.step}, but belongs to {name}")
-    files = fields.get("files")
-    if not isinstance(files, dict) or not files:
-        return [*lines, f"{record}: lists no files"], True
-    directory = _fs.dirname(prefix)
-    sizes_ok = True
-    for fname, actual, expected in size_mismatches(directory, files):
-        path = _fs.join(directory, fname)
-        sizes_ok = False
-        if actual is None:
-            lines.append(f"{path}: missing (listed in {_fs.basename(record)})")
-        else:
-            lines.append(f"{path}: {actual} bytes, expected {expected} (truncated or altered)")
-    return lines, sizes_ok
 
 
 def _batches(reader: CheckpointReader) -> list[list[str]]:
@@ -68,16 +40,23 @@ def _batches(reader: CheckpointReader) -> list[list[str]]:
     return out
 
 
-def verify_prefix(prefix: str) -> list[str]:
-    """The problems of one checkpoint (`[]` if it reads back intact)."""
-    lines, sizes_ok = _record_problems(prefix)
+def verify_prefix(prefix: str, checked: Checked | None = None) -> list[str]:
+    """The problems of one checkpoint (`[]` if it reads back intact).
+
+    `checked`: its `_layout.check`, if the caller has it (a `scan`'s): the record is not
+    read again, and is handed on to the reader.
+    """
+    directory, name = _fs.dirname(prefix), _fs.basename(prefix)
+    if checked is None:
+        checked = check(directory, name)
+    lines = [f"{_fs.join(directory, fname)}: {what}" for fname, what in checked.problems]
     index = prefix + ".index"
-    if not _fs.exists(index):
+    if not checked.has_index:
         return [*lines, f"{index}: missing"]
-    if not sizes_ok:
+    if not checked.sizes_ok:
         return lines  # TensorFlow would only fail again on the same files
-    try:
-        reader = CheckpointReader(prefix)
+    try:  # a garbled record ({}): nothing to compare sizes with, and it was named above
+        reader = CheckpointReader(prefix, checked.record if checked.info else {})
         for keys in _batches(reader):
             reader.read(keys)
     except CheckpointCorruptError as exc:
@@ -85,7 +64,7 @@ def verify_prefix(prefix: str) -> list[str]:
     return lines
 
 
-def _state_problems(directory: str, reported: set[str]) -> list[str]:
+def _state_problems(directory: str, reported: set[str], present: set[str]) -> list[str]:
     path = _fs.join(directory, STATE)
     if not _fs.exists(path):
         return []
@@ -94,7 +73,6 @@ def _state_problems(directory: str, reported: set[str]) -> list[str]:
     except (ValueError, UnicodeDecodeError) as exc:
         return [f"{path}: unreadable ({exc})"]
     names = fields.get("model_checkpoint_path", []) + fields.get("all_model_checkpoint_paths", [])
-    present = set(_fs.list_dir(directory))
     lines = []
     for name in dict.fromkeys(names):  # in order, once each
         if "/" in name or "\\" in name or name in reported:
@@ -102,14 +80,6 @@ def _state_problems(directory: str, reported: set[str]) -> list[str]:
         if f"{name}.index" not in present:
             lines.append(f"{path}: names {name}, but {name}.index does not exist")
     return lines
-
-
-def _record(prefix: str) -> dict:
-    try:
-        record = json.loads(_fs.read_text(prefix + ".json"))
-    except Exception:  # missing or garbled: reported by verify_prefix
-        return {}
-    return record if isinstance(record, dict) else {}
 
 
 def _step(name: str) -> int:
@@ -137,21 +107,36 @@ def _name_sharers(name: str, problems: list[str], records: dict[str, dict]) -> l
     return out
 
 
-def verify_directory(directory: str, kept: list[CheckpointInfo]) -> list[str]:
-    """The problems of every checkpoint of `directory` (kept and damaged) and its metadata."""
-    found = scan(directory)
+def verify_target(target: tuple[str, str]) -> tuple[list[str], int]:
+    """`verify` of a `_layout.classify`d target: its problems, and how many checkpoints it
+    holds (kept ones for a directory, 1 for a prefix). A directory is listed once."""
+    kind, path = target
+    if kind == "prefix":
+        return verify_prefix(path), 1
+    found = scan(path)
+    kept = _layout.kept(path, found)
+    return verify_directory(path, found, kept), len(kept)
+
+
+def verify_directory(directory: str, found: Scan, kept: list[CheckpointInfo]) -> list[str]:
+    """The problems of every checkpoint of `directory` (kept and damaged) and its metadata.
+
+    `found`: the directory's `scan`, whose checks (and records) each checkpoint's is.
+    """
     prefixes = {info.path: info.step for info in kept}
     for name in found.damaged:
         prefixes[_fs.join(directory, name)] = step_of(name) or 0
+    names = [_fs.basename(p) for p in sorted(prefixes, key=lambda p: (prefixes[p], p))]
     lines: list[str] = []
     reported: set[str] = set()
-    records = {_fs.basename(p): _record(p) for p in prefixes}
-    for prefix in sorted(prefixes, key=lambda p: (prefixes[p], p)):
-        problems = verify_prefix(prefix)
+    checks = {n: found.checked.get(n) or check(directory, n, found.names) for n in names}
+    records = {n: (c.record if c.info else None) or {} for n, c in checks.items()}
+    for name in names:
+        problems = verify_prefix(_fs.join(directory, name), checks[name])
         if problems:
-            reported.add(_fs.basename(prefix))
-        lines += _name_sharers(_fs.basename(prefix), problems, records)
-    lines += _state_problems(directory, reported)
+            reported.add(name)
+        lines += _name_sharers(name, problems, records)
+    lines += _state_problems(directory, reported, found.names)
     model_json = _fs.join(directory, "model.json")
     if _fs.exists(model_json):
         try:

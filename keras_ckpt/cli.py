@@ -95,17 +95,17 @@ def _inspect(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     target = _fs.fspath(args.target)
-    if not (_fs.isdir(target) or _fs.exists(target + ".index")):
+    what = _layout.classify(target)
+    if what is None:
         raise _Exit(f"no such checkpoint or directory: {target}", 2)
-    from keras_ckpt import loader
+    from keras_ckpt._verify import verify_target  # TensorFlow: reads every tensor
 
-    problems = loader.verify(target)
+    problems, count = verify_target(what)
     for problem in problems:
         print(problem)
     if problems:
         print(f"{target}: {len(problems)} problem{'s' * (len(problems) != 1)} found")
         return 1
-    count = len(loader.list_checkpoints(target)) if _fs.isdir(target) else 1
     print(f"{target}: {count} checkpoint{'s' * (count != 1)} intact")
     return 0
 

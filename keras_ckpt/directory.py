@@ -34,6 +34,7 @@ from keras_ckpt._layout import (
     TMP_PREFIX,
     TRASH_PREFIX,
     Scan,
+    checkpoint_files,
     format_state,
     is_temp_dir,
     is_temp_file,
@@ -170,11 +171,10 @@ class CheckpointDirectory:
             with _fs.flushing(tmpdir) if flush_early else contextlib.nullcontext():
                 more = write(_fs.join(tmpdir, name))
             files = {}
-            for fname in _fs.list_dir(tmpdir):
-                if fname == f"{name}.index" or fname.startswith(f"{name}.data-"):
-                    full = _fs.join(tmpdir, fname)
-                    _fs.fsync_file(full)
-                    files[fname] = _fs.size(full)
+            for fname in checkpoint_files(name, _fs.list_dir(tmpdir)):
+                full = _fs.join(tmpdir, fname)
+                _fs.fsync_file(full)
+                files[fname] = _fs.size(full)
             if f"{name}.index" not in files:
                 raise OSError(f"TensorFlow wrote no {name}.index in {tmpdir}")
             record_extra = {**(extra or {}), **(more or {})}

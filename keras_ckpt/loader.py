@@ -370,12 +370,10 @@ def verify(directory_or_checkpoint: str | os.PathLike[str]) -> list[str]:
         ['runs/best/ckpt-1200.data-00000-of-00001: 1048576 bytes, expected 4800512 (truncated or altered)']
     """  # noqa: E501
     path = _fs.fspath(directory_or_checkpoint)
-    if path.endswith(".index"):
-        path = path[: -len(".index")]
-    if _fs.exists(path + ".index") or _fs.exists(path + ".json"):
-        return _verify.verify_prefix(path)
-    if _fs.isdir(path):
-        return _verify.verify_directory(path, list_checkpoints(path))
-    raise CheckpointNotFoundError(
-        f"Nothing to verify at {path}: neither a checkpoint ({path}.index) nor a directory."
-    )
+    target = _layout.classify(path)
+    if target is None:
+        path = path.removesuffix(".index")
+        raise CheckpointNotFoundError(
+            f"Nothing to verify at {path}: neither a checkpoint ({path}.index) nor a directory."
+        )
+    return _verify.verify_target(target)[0]

@@ -117,12 +117,11 @@ class CheckpointManager:
         found = self._dir.scan()
         if cleanup:
             self._dir.cleanup(found)
-        for name, why in found.damaged.items():
-            warnings.warn(
-                f"{_fs.join(self.directory, name)} is damaged and is not used: {why}. Run "
-                f"`keras-ckpt verify {self.directory}`.",
-                stacklevel=3,
+        if found.damaged:
+            message = _messages.skipped_warning(
+                self.directory, found.damaged, "they stay on disk, unused"
             )
+            warnings.warn(message, stacklevel=3)
         self._planner.load(found)
         if cleanup:
             self._dir.sync_state(self._planner.kept, self._planner.start)

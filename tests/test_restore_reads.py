@@ -14,7 +14,7 @@ import pytest
 from helpers.tiny import tiny_model
 from helpers.trained_runs import assert_weights, data_file, truncate
 
-from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore, resume
+from keras_ckpt import _fs, evaluate_checkpoints, load_model, restore, resume, verify
 
 
 class FileCalls:
@@ -121,6 +121,31 @@ def test_resume_reads_the_newest_record_once_from_one_listing(trained_run, monke
     monkeypatch.undo()
     assert_weights(model, trained_run.per_epoch[3])
     assert int(model.optimizer.iterations) == 24
+
+
+@pytest.mark.parametrize("damaged", [False, True], ids=["intact", "truncated-ckpt-16"])
+@pytest.mark.parametrize("how", ["verify", "cli"])
+def test_verify_of_a_directory_reads_each_record_once_from_one_listing(
+    how, damaged, tmp_path, trained_run, monkeypatch, capsys
+):
+    from keras_ckpt.cli import main
+
+    directory = tmp_path / "run"
+    shutil.copytree(trained_run.directory, directory)
+    if damaged:
+        truncate(data_file(directory / "ckpt-16"))
+    calls = FileCalls(monkeypatch)
+
+    if how == "verify":
+        problems = verify(directory)
+    else:
+        assert main(["verify", str(directory)]) == int(damaged)
+        problems = [line for line in capsys.readouterr().out.splitlines() if "ckpt-16." in line]
+
+    records = {n: c for n, c in calls.reads.items() if n.startswith("ckpt-")}
+    assert records == {"ckpt-8.json": 1, "ckpt-16.json": 1, "ckpt-24.json": 1}, calls.reads
+    assert calls.listings["run"] == 1, calls.listings
+    assert len(problems) == damaged, problems
 
 
 def test_cli_inspect_of_a_directory_reads_the_record_once(trained_run, monkeypatch, capsys):
