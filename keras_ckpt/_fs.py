@@ -104,6 +104,14 @@ def list_dir(directory: str) -> list[str]:
     return sorted(set(names))
 
 
+def walk(root: str) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`(directory, subdirectories, files)` for `root` and every directory below it."""
+    if is_local(root):
+        yield from os.walk(root)
+    else:
+        yield from _gfile().walk(root)
+
+
 def makedirs(directory: str, durable: bool = False) -> None:
     """Creates `directory` and missing parents; `durable`: fsyncs each new entry's parent."""
     missing = []

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from keras_ckpt import _fs
+from keras_ckpt._layout import temp_dir_name
 from keras_ckpt._mismatch import Match, assign
 from keras_ckpt._objgraph import walk
 from keras_ckpt._reader import CheckpointReader, child_of, short, stored_nodes
@@ -41,7 +41,6 @@ from keras_ckpt.errors import CheckpointCorruptError, CheckpointError, Checkpoin
 GRAPH_DIR = "graph"
 RECORD = "keras_ckpt.json"
 FORMAT = 1
-TMP_PREFIX = ".tmp-graph-"  # + 12 hex digits: a leftover the directory's cleanup knows
 _COMPILE_KEYS = ("loss", "loss_weights", "metrics", "weighted_metrics")
 
 
@@ -77,7 +76,7 @@ def compile_record(model: Any) -> dict[str, Any] | None:
 
 def _file_sizes(root: str) -> dict[str, int]:
     sizes = {}
-    for dirpath, _, files in tf.io.gfile.walk(root):
+    for dirpath, _, files in _fs.walk(root):
         rel = dirpath[len(root) :].strip("/\\").replace("\\", "/")
         for name in files:
             key = f"{rel}/{name}" if rel else name
@@ -151,7 +150,7 @@ def write_graph(directory: str, model: Any) -> bool:
     if _fs.exists(target):
         return False
     try:
-        write_saved_model(model, target, temp_name=TMP_PREFIX + uuid.uuid4().hex[:12])
+        write_saved_model(model, target, temp_name=temp_dir_name("graph"))
     except Exception as exc:
         raise CheckpointError(
             f"save_graph=True, but the model could not be exported as a SavedModel to "

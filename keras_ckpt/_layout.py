@@ -1,17 +1,15 @@
 """What a checkpoint directory holds, read only: the one owner of the read side.
 
-Names (`ckpt-N.index`, `.data-*`, `.json`, the `checkpoint` state file, temporaries of
-interrupted writes; `checkpoint_files`: a checkpoint's own), the state file's codec, `scan`
-(every record parsed once, each checkpoint checked against its record by `check`, which
-`verify` uses too), `read_record`, the kept list (`kept`; `foreign`: a plain
-`tf.train.CheckpointManager`'s), `newest_intact`, and what an argument means (`locate`:
-a prefix, or a directory's newest intact checkpoint, with its record; `classify`: for
-`verify`). No TensorFlow: `keras-ckpt list` reads directories through this module alone.
-`directory.CheckpointDirectory` is the one writer; it uses these names and `scan`.
+Names (`ckpt-N.*`, `model.json`, `history.jsonl`, temporaries; the state file's: `_statefile`),
+`scan` (each record parsed once and checked by `check`, as `verify` does), `read_record`,
+`read_history`, the kept list (`kept`; `foreign`: a plain `tf.train.CheckpointManager`'s),
+`newest_intact`, and what an argument means (`locate`, `classify`). No TensorFlow:
+`keras-ckpt list` reads through this module alone. `directory` is the one writer.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
@@ -22,15 +20,15 @@ from typing import Any
 from keras_ckpt import _fs
 from keras_ckpt._lock import LOCK
 from keras_ckpt._messages import skipped_warning
+from keras_ckpt._statefile import STATE, parse_state
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo, from_json, prefix_name, step_of
 
-STATE = "checkpoint"
 TMP_PREFIX = ".tmp-"
-TRASH_PREFIX = TMP_PREFIX + "trash-"
+MODEL_JSON = "model.json"  # the architecture (`_model_json`), written once
+HISTORY = "history.jsonl"  # one line of logs per epoch
 _RECORD_RE = re.compile(r"^(ckpt-\d+)\.json$")
 _INDEX_RE = re.compile(r"^(ckpt-\d+)\.index$")
-_STATE_LINE_RE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
 
 
 @dataclass
@@ -45,43 +43,6 @@ class Scan:
     names: set[str] = field(default_factory=set)  # the directory's listing
     newest_step: int = -1  # over everything on disk, damaged included
     start: float | None = None  # keep_every_n_hours counts from here
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def format_state(names: list[str], timestamps: list[float], start: float) -> str:
-    """A `checkpoint` file as `tf.train.CheckpointManager` writes it (relative paths)."""
-    lines = []
-    if names:
-        lines.append(f"model_checkpoint_path: {_quote(names[-1])}")
-    lines += [f"all_model_checkpoint_paths: {_quote(n)}" for n in names]
-    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in timestamps]
-    lines.append(f"last_preserved_timestamp: {start!r}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_state(text: str) -> dict[str, list[str]]:
-    """Parses a `checkpoint` file into field -> values.
-
-    Raises:
-        ValueError: a line is not of the `key: value` form.
-    """
-    out: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            continue
-        match = _STATE_LINE_RE.match(line)
-        if not match:
-            raise ValueError(f"unreadable line {line[:60]!r}")
-        key, value = match.groups()
-        if value.startswith('"'):
-            if not value.endswith('"') or len(value) < 2:
-                raise ValueError(f"unterminated string in line {line[:60]!r}")
-            value = value[1:-1].encode("latin-1", "backslashreplace").decode("unicode_escape")
-        out.setdefault(key, []).append(value)
-    return out
 
 
 def scan(directory: str) -> Scan:
@@ -226,6 +187,12 @@ _TMP_DIR_RE = re.compile(r"^\.tmp-(ckpt-\d+|trash|graph)-[0-9a-f]{12}$")
 _TMP_FILE_RE = re.compile(r"^(.+)\.tmp-[0-9a-f]{12}$")
 
 
+def temp_dir_name(kind: str) -> str:
+    """A new `.tmp-<kind>-<token>` name (`kind`: `ckpt-N`, `trash` or `graph`): `is_temp_dir`
+    knows it, so the cleanup of a later run removes it if it is left over."""
+    return f"{TMP_PREFIX}{kind}-{_fs.temp_name('')[-12:]}"
+
+
 def is_temp_dir(name: str) -> bool:
     """`.tmp-ckpt-N-<token>` (a save in progress), `.tmp-trash-<token>` (a deletion),
     `.tmp-graph-<token>` (`graph/` being written)."""
@@ -238,7 +205,7 @@ def is_temp_file(name: str) -> bool:
     if not match:
         return False
     base = match.group(1)
-    return base in (STATE, "model.json", "history.jsonl", LOCK) or bool(_RECORD_RE.match(base))
+    return base in (STATE, MODEL_JSON, HISTORY, LOCK) or bool(_RECORD_RE.match(base))
 
 
 # -- finding checkpoints ---------------------------------------------------------------------
@@ -409,3 +376,24 @@ def _info_from_name(prefix: str) -> CheckpointInfo:
     step = step_of(_fs.basename(prefix))
     saved = _fs.mtime(prefix + ".index") if _fs.exists(prefix + ".index") else 0.0
     return CheckpointInfo(prefix, step if step is not None else 0, None, {}, saved)
+
+
+def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The epoch lines of `directory/history.jsonl`, ordered by step.
+
+    A line for a step already seen (a run resumed from an earlier checkpoint trains those
+    steps again) replaces the earlier one; a torn last line (a crash while appending) is
+    skipped. A missing file gives `[]`.
+    """
+    path = _fs.join(_fs.fspath(directory), HISTORY)
+    if not _fs.exists(path):
+        return []
+    by_step: dict[int, dict[str, Any]] = {}
+    for line in _fs.read_text(path).splitlines():
+        try:
+            record = json.loads(line)
+            step = int(record["step"])
+        except (ValueError, KeyError, TypeError):
+            continue
+        by_step[step] = record
+    return [by_step[s] for s in sorted(by_step)]

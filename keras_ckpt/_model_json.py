@@ -26,9 +26,8 @@ from typing import Any
 import keras
 
 from keras_ckpt import _fs
+from keras_ckpt._layout import MODEL_JSON
 from keras_ckpt.errors import CheckpointCorruptError, CheckpointNotFoundError
-
-MODEL_JSON = "model.json"
 
 _KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")  # what Keras itself imports
 _BUILTIN_MODULES = (

@@ -19,8 +19,9 @@ import json
 
 from keras_ckpt import _assets, _fs, _graph, _layout
 from keras_ckpt import _shared_record as _sharing
-from keras_ckpt._layout import STATE, Checked, Scan, check, parse_state, scan
+from keras_ckpt._layout import MODEL_JSON, Checked, Scan, check, scan
 from keras_ckpt._reader import CheckpointReader, describe
+from keras_ckpt._statefile import STATE, parse_state
 from keras_ckpt.errors import CheckpointCorruptError
 from keras_ckpt.info import CheckpointInfo, step_of
 
@@ -137,7 +138,7 @@ def verify_directory(directory: str, found: Scan, kept: list[CheckpointInfo]) ->
             reported.add(name)
         lines += _name_sharers(name, problems, records)
     lines += _state_problems(directory, reported, found.names)
-    model_json = _fs.join(directory, "model.json")
+    model_json = _fs.join(directory, MODEL_JSON)
     if _fs.exists(model_json):
         try:
             json.loads(_fs.read_text(model_json))

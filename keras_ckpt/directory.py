@@ -30,17 +30,17 @@ from typing import Any
 
 from keras_ckpt import _fs
 from keras_ckpt._layout import (
-    STATE,
-    TMP_PREFIX,
-    TRASH_PREFIX,
+    HISTORY,
+    MODEL_JSON,
     Scan,
     checkpoint_files,
-    format_state,
     is_temp_dir,
     is_temp_file,
     owned_files,
     scan,
+    temp_dir_name,
 )
+from keras_ckpt._statefile import STATE, format_state
 from keras_ckpt.info import CheckpointInfo, prefix_name, to_json
 
 logger = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class CheckpointDirectory:
     ) -> dict[str, Any]:
         """Step 1 of `commit`: the checkpoint's files, complete, renamed into the directory."""
         name = prefix_name(info.step)
-        tmpdir = _fs.join(self.path, f"{TMP_PREFIX}{name}-{_fs.temp_name('x')[-12:]}")
+        tmpdir = _fs.join(self.path, temp_dir_name(name))
         moved: list[str] = []  # renamed into the directory so far
         _fs.makedirs(tmpdir)
         try:
@@ -247,7 +247,7 @@ class CheckpointDirectory:
         files = [f for info in doomed for f in owned_files(info.name, names)]
         trash = None  # elsewhere than on a local disk: removed here, one by one
         if _fs.is_local(self.path):
-            trash = _fs.join(self.path, f"{TRASH_PREFIX}{_fs.temp_name('x')[-12:]}")
+            trash = _fs.join(self.path, temp_dir_name("trash"))
             try:
                 _fs.makedirs(trash)
             except Exception:  # a full disk may refuse even a folder: unlink here, freeing space
@@ -275,13 +275,13 @@ class CheckpointDirectory:
             thread.join()
 
     def write_model_json(self, text: str) -> None:
-        path = _fs.join(self.path, "model.json")
+        path = _fs.join(self.path, MODEL_JSON)
         if not _fs.exists(path):
             _fs.write_atomic(path, text)
 
     def append_history(self, record: dict[str, Any]) -> None:
         line = json.dumps(record, sort_keys=True, default=float) + "\n"
-        _fs.append_text(_fs.join(self.path, "history.jsonl"), line)
+        _fs.append_text(_fs.join(self.path, HISTORY), line)
 
 
 def _state_text(kept: list[CheckpointInfo], start: float) -> str:

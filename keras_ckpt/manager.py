@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_ckpt import _clock, _dist, _fs, _messages, _sharing
+from keras_ckpt._layout import HISTORY
 from keras_ckpt._lock import DirectoryLock
 from keras_ckpt._messages import say
 from keras_ckpt._planning import SavePlanner
@@ -308,7 +309,7 @@ class CheckpointManager:
             self._dir.append_history(record)
         except Exception as exc:
             self.wait()  # a background save failing for the same reason (a full disk) says more
-            path = _fs.join(self.directory, "history.jsonl")
+            path = _fs.join(self.directory, HISTORY)
             raise CheckpointError(f"Writing {path} failed: {_describe(exc)}.") from exc
 
     # -- lifecycle ------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ rug of ticks along the bottom: black for kept checkpoints, grey for saves since 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from keras_ckpt import _fs
+from keras_ckpt._layout import read_history
 from keras_ckpt.errors import CheckpointNotFoundError
 from keras_ckpt.info import CheckpointInfo
 from keras_ckpt.loader import list_checkpoints
@@ -29,27 +29,6 @@ from keras_ckpt.policies import best_by, default_monitor
 __all__ = ["read_history", "plot_history", "history_figure", "metric_families"]
 
 _NOT_METRICS = {"epoch", "step", "time", "saved"}
-
-
-def read_history(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The epoch lines of `directory/history.jsonl`, ordered by step.
-
-    A line for a step already seen (a run resumed from an earlier checkpoint trains those
-    steps again) replaces the earlier one; a torn last line (a crash while appending) is
-    skipped. A missing file gives `[]`.
-    """
-    path = _fs.join(_fs.fspath(directory), "history.jsonl")
-    if not _fs.exists(path):
-        return []
-    by_step: dict[int, dict[str, Any]] = {}
-    for line in _fs.read_text(path).splitlines():
-        try:
-            record = json.loads(line)
-            step = int(record["step"])
-        except (ValueError, KeyError, TypeError):
-            continue
-        by_step[step] = record
-    return [by_step[s] for s in sorted(by_step)]
 
 
 def _metric_names(history: Sequence[dict[str, Any]], kept: Sequence[CheckpointInfo]) -> list[str]:

@@ -9,8 +9,8 @@ import math
 
 import pytest
 
-from keras_ckpt._layout import format_state, parse_state
 from keras_ckpt._planning import check_monitors
+from keras_ckpt._statefile import format_state, parse_state
 from keras_ckpt.errors import MonitorNotFoundError
 from keras_ckpt.info import CheckpointInfo, clean_metrics, from_json, step_of, to_json
 from keras_ckpt.policies import (
