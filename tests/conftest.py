@@ -42,6 +42,16 @@ def trained_run(tmp_path_factory) -> TrainedRun:
     return TrainedRun(directory, model, per_epoch, x, y)
 
 
+@pytest.fixture(scope="session")
+def fresh():
+    """Starts fresh Python processes quickly (`helpers.fresh.Zygote.run`), one zygote a session."""
+    from helpers.fresh import Zygote
+
+    zygote = Zygote()
+    yield zygote
+    zygote.close()
+
+
 class FakeClock:
     """A clock that moves only when told (`advance`): time-based policies without sleeping."""
 

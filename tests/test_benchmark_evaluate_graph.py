@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,16 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
-def test_graph_benchmark_prints_json_and_both_loops_report_the_same_metrics(tmp_path):
+def test_graph_benchmark_prints_json_and_both_loops_report_the_same_metrics(tmp_path, fresh):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     args = ["--graph", "--checkpoints", "2", "--repeats", "1", "--eval-samples", "64"]
-    done = subprocess.run(
-        [sys.executable, "benchmarks/evaluate_checkpoints.py", *args, "--dir", str(tmp_path)],
+    done = fresh.run(  # a new process (`helpers.fresh`)
+        ["benchmarks/evaluate_checkpoints.py", *args, "--dir", str(tmp_path)],
         cwd=ROOT,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,31 +27,19 @@ TRANSFER = [
 AB = ["benchmarks/sharing_ab.py", "--mb", "1", "--layers", "2", "--saves", "2"]
 
 
-def _start(args: list[str], tmp_path: Path) -> subprocess.Popen:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+def _benchmark(fresh, args: list[str], tmp_path: Path) -> dict:
+    """Runs a benchmark script in a new process (`helpers.fresh`), as `python SCRIPT ...`."""
+    tmp_path.mkdir()
+    env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    return subprocess.Popen(
-        [sys.executable, *args, "--dir", str(tmp_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    done = fresh.run([*args, "--dir", str(tmp_path)], cwd=ROOT, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
 
 
-def _result(proc: subprocess.Popen) -> dict:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    return json.loads(out)
-
-
-def test_benchmark_scripts_print_json_with_expected_keys(tmp_path):
-    (tmp_path / "s").mkdir()
-    (tmp_path / "r").mkdir()
-    stall_proc = _start(SAVE_STALL, tmp_path / "s")  # both at once: imports dominate
-    restore_proc = _start(RESTORE, tmp_path / "r")
-    stall, restore = _result(stall_proc), _result(restore_proc)
+def test_benchmark_scripts_print_json_with_expected_keys(tmp_path, fresh):
+    stall = _benchmark(fresh, SAVE_STALL, tmp_path / "s")
+    restore = _benchmark(fresh, RESTORE, tmp_path / "r")
 
     assert stall["benchmark"] == "save_stall"
     expected = {"none", "tf_checkpoint_manager", "keras_model_checkpoint", "keras_ckpt_sync",
@@ -94,12 +81,9 @@ def test_benchmark_scripts_print_json_with_expected_keys(tmp_path):
     assert list(tmp_path.glob("*/keras_ckpt-*")) == []  # scratch files are removed
 
 
-def test_shared_data_benchmarks_print_json_with_expected_keys(tmp_path):
-    (tmp_path / "t").mkdir()
-    (tmp_path / "a").mkdir()
-    transfer_proc = _start(TRANSFER, tmp_path / "t")
-    ab_proc = _start(AB, tmp_path / "a")
-    transfer, ab = _result(transfer_proc), _result(ab_proc)
+def test_shared_data_benchmarks_print_json_with_expected_keys(tmp_path, fresh):
+    transfer = _benchmark(fresh, TRANSFER, tmp_path / "t")
+    ab = _benchmark(fresh, AB, tmp_path / "a")
 
     assert transfer["scenario"] == "transfer_learning"
     assert set(transfer["peers"]) == {"tf_checkpoint_manager", "keras_ckpt_sync",

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -122,7 +120,7 @@ print(json.dumps({"model": type(model).__name__, "served": type(served).__name__
 
 
 @pytest.mark.slow
-def test_fresh_process_reproduces_predictions_without_model_code(tmp_path, source):
+def test_fresh_process_reproduces_predictions_without_model_code(tmp_path, source, fresh):
     """The subprocess sees only the package (PYTHONPATH=repo root, cwd=tmp_path): no
     conftest, no model-building function."""
     directory, trained, _, x = source
@@ -132,13 +130,8 @@ def test_fresh_process_reproduces_predictions_without_model_code(tmp_path, sourc
     script = tmp_path / "fresh.py"
     script.write_text(textwrap.dedent(FRESH))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(
-        [sys.executable, str(script), str(directory), export_dir, inputs],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=300,
+    result = fresh.run(  # a new process (`helpers.fresh`) that never saw this module
+        [str(script), str(directory), export_dir, inputs], env=env, cwd=tmp_path, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])

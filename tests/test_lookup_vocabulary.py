@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 import warnings
 
@@ -122,12 +120,10 @@ def test_vocabulary_is_kept_once_in_the_directory_assets(trained):
     assert list(text_index["layers"]) == ["vectorize"]
 
 
-def test_fresh_process_load_export_and_evaluate_match_the_trained_model(trained, tmp_path):
+def test_fresh_process_load_export_and_evaluate_match_the_trained_model(trained, tmp_path, fresh):
     out = str(tmp_path / "fresh.npz")
     dirs = [trained["string"][0], trained["text"][0]]
-    done = subprocess.run(
-        [sys.executable, WORKER, out, *dirs], capture_output=True, text=True, timeout=300
-    )
+    done = fresh.run([WORKER, out, *dirs], timeout=300)  # a new process (`helpers.fresh`)
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(out)
     for i, name in enumerate(["string", "text"]):

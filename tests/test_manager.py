@@ -1,7 +1,5 @@
 """CheckpointManager in custom loops, argument checks, the directory lock (issue 3, 7 and 9)."""
 
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -172,7 +170,7 @@ def test_two_callbacks_on_one_directory_in_one_fit(tmp_path):
     a.close()
 
 
-def test_second_process_gets_directory_locked_error(tmp_path):
+def test_second_process_gets_directory_locked_error(tmp_path, fresh):
     model = tiny_model(compile=False)
     with CheckpointManager(tmp_path / "d", model) as mgr:
         mgr.save(step=1)
@@ -184,9 +182,7 @@ def test_second_process_gets_directory_locked_error(tmp_path):
             except keras_ckpt.DirectoryLockedError as e:
                 print("LOCKED", e)
         """)
-        out = subprocess.run(
-            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
-        )
+        out = fresh.run(["-c", code], timeout=120)  # another process (`helpers.fresh`)
         assert "LOCKED" in out.stdout and "another process" in out.stdout
     assert [i.step for i in list_checkpoints(tmp_path / "d")] == [1]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -40,25 +39,25 @@ def _assert_equal_weights(actual, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    return subprocess.run(
-        [sys.executable, str(WORKER), *args], env=env, capture_output=True, timeout=300
-    )
+def _run(fresh, *args: str) -> subprocess.CompletedProcess:
+    """The worker in a new process (forked from the session's zygote: `helpers.fresh`)."""
+    return fresh.run([str(WORKER), *args], timeout=300, text=False)
 
 
 @pytest.mark.parametrize(
     "async_flag", [[], pytest.param(["--async"], marks=pytest.mark.slow)], ids=["sync", "async"]
 )
-def test_sigkilled_run_relaunched_ends_as_the_uninterrupted_run(tmp_path, reference, async_flag):
+def test_sigkilled_run_relaunched_ends_as_the_uninterrupted_run(
+    tmp_path, reference, async_flag, fresh
+):
     directory, out = str(tmp_path / "run"), str(tmp_path / "final.npz")
-    killed = _run(directory, out, "--kill-after", "17", *async_flag)
+    killed = _run(fresh, directory, out, "--kill-after", "17", *async_flag)
     assert killed.returncode == -9, killed.stderr.decode()[-2000:]
     assert not os.path.exists(out)
     steps = [i.step for i in list_checkpoints(directory)]
     assert steps and steps[-1] in (10, 15)  # an async write of 15 may have been cut short
 
-    relaunched = _run(directory, out, *async_flag)  # the very same command, minus the kill
+    relaunched = _run(fresh, directory, out, *async_flag)  # the very same command, minus the kill
     assert relaunched.returncode == 0, relaunched.stderr.decode()[-2000:]
     final = np.load(out)
     assert int(final["iterations"]) == 36

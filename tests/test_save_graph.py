@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import subprocess
-import sys
 import textwrap
 
 import keras
@@ -118,7 +116,9 @@ _CHILD = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_subclassed_checkpoints_load_evaluate_and_export_without_the_class(trained, tmp_path):
+def test_subclassed_checkpoints_load_evaluate_and_export_without_the_class(
+    trained, tmp_path, fresh
+):
     root, seen, x, y = trained
     run = root / "run"
     kept = list_checkpoints(run)
@@ -126,10 +126,8 @@ def test_subclassed_checkpoints_load_evaluate_and_export_without_the_class(train
     np.savez(tmp_path / "data.npz", x=x, y=y)
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
-    done = subprocess.run(
-        [sys.executable, str(script), str(run), str(tmp_path / "data.npz"), str(tmp_path)],
-        capture_output=True,
-        text=True,
+    done = fresh.run(  # a new process (`helpers.fresh`) that never saw the model's class
+        [str(script), str(run), str(tmp_path / "data.npz"), str(tmp_path)],
         timeout=300,
         cwd=str(tmp_path),  # not the tests directory: the test module cannot be imported
     )
