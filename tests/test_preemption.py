@@ -322,8 +322,10 @@ def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
 
 class _Zygote:
     def __init__(self) -> None:
+        paths = (str(HERE), os.environ.get("PYTHONPATH", ""))  # helpers.zygote importable
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "helpers/preempt_worker.py")],
+            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p)),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,

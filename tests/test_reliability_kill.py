@@ -60,7 +60,8 @@ class Zygote:
 
     def __init__(self) -> None:
         env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+        paths = (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", ""))  # + helpers.zygote
+        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         env["TF_CPP_MIN_LOG_LEVEL"] = "3"
         self.proc = subprocess.Popen(
             [sys.executable, str(WORKER)],

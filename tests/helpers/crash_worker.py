@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -42,18 +40,13 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from helpers.zygote import say, serve  # noqa: E402
 from keras_ckpt import RotatingCheckpoint, _fs, _objgraph, _snapshot, resume  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
 WIDTH_IN, WIDTH_HIDDEN = 1152, 4096  # 2 x 1152 x 4096 + biases = 9.44 M parameters
 BATCHES_PER_EPOCH = 8
 BATCH = 8
-
-
-def _say(line: str) -> None:
-    """One line to the test, in one `write` (atomic on a pipe): a SIGKILL, or another thread
-    printing, can never leave half a line for the next one to run into."""
-    os.write(1, (line + "\n").encode())
 
 
 def build_model(small: bool = False) -> keras.Model:
@@ -75,7 +68,7 @@ class Announce(keras.callbacks.Callback):
     """Placed before the checkpoint callback: a save point begins."""
 
     def on_train_batch_end(self, batch, logs=None):
-        _say("saving")
+        say("saving")
 
 
 class Progress(keras.callbacks.Callback):
@@ -93,13 +86,13 @@ class Progress(keras.callbacks.Callback):
             "tf_latest": tf.train.latest_checkpoint(directory),
             "resumed": self.resumed,
         }
-        _say("begin " + json.dumps(state))
+        say("begin " + json.dumps(state))
 
     def on_train_batch_end(self, batch, logs=None):
         kept = self.ckpt.checkpoints
         done = kept if not self.ckpt.async_save else kept[:-1]  # the newest may be in flight
         if done and (self.resumed is None or done[-1].step > self.resumed):
-            _say(f"committed {done[-1].step}")
+            say(f"committed {done[-1].step}")
 
 
 # Where a worker SIGKILLs itself during its third save (a rotation: max_to_keep=2), to hit
@@ -176,42 +169,16 @@ def train(directory: str, mode: str, clean: bool, small: bool, crash_at: str | N
         + ([ArmAt(2, _arm(crash_at))] if crash_at else []),
         verbose=0,
     )
-    _say("done")
+    say("done")
 
 
-def _fork_worker(job: dict) -> int:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:  # the worker: never returns into the zygote's loop
-        fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.dup2(fd, 2)
-        os.close(fd)
-        train(job["dir"], job["mode"], job["clean"], job["small"], job["crash_at"])
-        code = 0
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def serve() -> None:
-    _say("ready")
-    for line in sys.stdin:
-        cmd, _, rest = line.strip().partition(" ")
-        if cmd == "run":
-            _say(f"pid {_fork_worker(json.loads(rest))}")
-        elif cmd == "wait":
-            _, status = os.waitpid(int(rest), 0)
-            _say(f"exit {rest} {os.waitstatus_to_exitcode(status)}")
-        elif cmd == "quit":
-            return
+def _worker(job: dict) -> None:
+    """A forked worker: its stderr to the job's log, then `train`."""
+    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 2)
+    os.close(fd)
+    train(job["dir"], job["mode"], job["clean"], job["small"], job["crash_at"])
 
 
 if __name__ == "__main__":
-    serve()
+    serve(_worker, ready=True)  # helpers.zygote: the fork-server loop

@@ -4,9 +4,10 @@
 tests that need a new process which never saw the test's code (a model class, a mixed
 precision policy, the directory lock of another process). Instead of starting Python, each
 one is forked from a zygote: a process started once per test session that imported
-TensorFlow, Keras and NumPy and nothing else (no keras_ckpt, no test module), and has run no
-TensorFlow op. The child sets the requested argv, environment, `sys.path` (from its
-PYTHONPATH) and working directory, then runs the script (or `-c` code) as `__main__`.
+TensorFlow, Keras and NumPy and the fork-server loop (`helpers.zygote`), no keras_ckpt and
+no test module, and has run no TensorFlow op. The child sets the requested argv,
+environment, `sys.path` (from its PYTHONPATH) and working directory, then runs the script
+(or `-c` code) as `__main__`.
 
 Not for environment variables TensorFlow or Keras read at import (`KERAS_HOME`,
 `TF_CPP_MIN_LOG_LEVEL`): a test that sets those starts a real interpreter.
@@ -22,55 +23,41 @@ import subprocess
 import sys
 import tempfile
 
-SERVER = r"""
-import json, os, runpy, sys
+TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVER = f"""
+import os, sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy, keras, tensorflow  # the start-up every child shares
-base_path = list(sys.path)
+sys.path.insert(0, {TESTS!r})
+from helpers.fresh import run_script
+from helpers.zygote import serve
+serve(run_script)
+"""
 
-def child(job):
+
+def run_script(job: dict) -> None:
+    """In a forked child: `job`'s argv, environment, working directory and output files, then
+    the script (or `-c` code) as `__main__`."""
+    import runpy
+
     os.setpgid(0, 0)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    err = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-    os.dup2(out, 1)
-    os.dup2(err, 2)
+    for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
     os.environ.clear()
     os.environ.update(job["env"])
     os.chdir(job["cwd"])
     argv = job["argv"]
     extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
-    code = 0
-    try:
-        if argv[0] == "-c":
-            sys.argv = ["-c", *argv[2:]]
-            sys.path[:] = ["", *extra, *base_path[1:]]
-            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
-        else:
-            sys.argv = list(argv)
-            sys.path[:] = [os.path.dirname(os.path.abspath(argv[0])), *extra, *base_path[1:]]
-            runpy.run_path(argv[0], run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        if not isinstance(exc.code, int) and exc.code is not None:
-            print(exc.code, file=sys.stderr)
-    except BaseException:
-        import traceback
-        traceback.print_exc()
-        code = 1
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
-
-for line in sys.stdin:
-    job = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        child(job)
-    print(f"pid {pid}", flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
-"""
+    base = [p for p in sys.path[1:] if p != TESTS]  # the interpreter's own, as a new process
+    if argv[0] == "-c":
+        sys.argv = ["-c", *argv[2:]]
+        sys.path[:] = ["", *extra, *base]
+        exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})  # noqa: S102
+    else:
+        sys.argv = list(argv)
+        sys.path[:] = [os.path.dirname(os.path.abspath(argv[0])), *extra, *base]
+        runpy.run_path(argv[0], run_name="__main__")
 
 
 class Zygote:
@@ -88,6 +75,11 @@ class Zygote:
             env=env,
             cwd=tempfile.gettempdir(),
         )
+
+    def _ask(self, command: str, timeout: float | None) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self._line(timeout)
 
     def _line(self, timeout: float | None) -> str:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -116,11 +108,9 @@ class Zygote:
                 "stdout": os.path.join(scratch, "out"),
                 "stderr": os.path.join(scratch, "err"),
             }
-            self.proc.stdin.write(json.dumps(job) + "\n")
-            self.proc.stdin.flush()
-            pid = int(self._line(30).split()[1])
+            pid = int(self._ask("run " + json.dumps(job), 30).split()[1])
             try:
-                code = int(self._line(timeout).split()[1])
+                code = int(self._ask(f"wait {pid}", timeout).split()[2])
             except TimeoutError:
                 os.killpg(pid, signal.SIGKILL)
                 self._line(30)

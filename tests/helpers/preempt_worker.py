@@ -26,16 +26,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 import threading
 import time
-import traceback
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
+from helpers.zygote import say, serve  # noqa: E402
 from keras_ckpt import RotatingCheckpoint  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
@@ -59,11 +58,6 @@ def data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     x = rng.random((BATCH * BATCHES_PER_EPOCH, 4)).astype("float32")
     return x, x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")
-
-
-def say(line: str) -> None:
-    sys.stdout.write(line + "\n")
-    sys.stdout.flush()
 
 
 class Slow(keras.callbacks.Callback):
@@ -129,29 +123,5 @@ def train(args: dict) -> None:
     say("done " + json.dumps(done))
 
 
-def main() -> None:
-    for line in sys.stdin:
-        command, _, rest = line.strip().partition(" ")
-        if command == "run":
-            pid = os.fork()
-            if pid:
-                say(f"pid {pid}")
-            else:
-                code = 0
-                try:
-                    train(json.loads(rest))
-                except BaseException:
-                    traceback.print_exc()
-                    code = 1
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        elif command == "wait":
-            pid, status = os.waitpid(int(rest), 0)
-            say(f"exit {pid} {os.waitstatus_to_exitcode(status)}")
-        elif command == "quit":
-            return
-
-
 if __name__ == "__main__":
-    main()
+    serve(train)  # helpers.zygote: the fork-server loop

@@ -1,0 +1,66 @@
+"""The fork-server loop of the tests' zygotes (`crash_worker`, `preempt_worker`, `fresh`).
+
+A zygote imports TensorFlow once, then forks a child per request, so that each child starts
+in milliseconds instead of seconds. Commands on stdin, one per line; answers on stdout, each
+line in one `write` (atomic on a pipe, so a child's output or a SIGKILL never splits one):
+
+- ``run {json}``: forks a child that runs ``child(job)`` and exits (0, or 1 with the
+  traceback on stderr if it raised; ``SystemExit`` gives its code); answers ``pid N``.
+- ``wait N``: waits for child N; answers ``exit N CODE`` (CODE negative: killed by a signal).
+- ``quit``: returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+
+def say(line: str) -> None:
+    """One line to the test, in one `write`."""
+    os.write(1, (line + "\n").encode())
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None or isinstance(exc.code, int):
+        return exc.code or 0
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _fork(child: Callable[[dict], None], job: dict) -> int:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:  # the child: never returns into the zygote's loop
+        child(job)
+        code = 0
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve(child: Callable[[dict], None], *, ready: bool = False) -> None:
+    """Answers the commands above until ``quit`` or the end of stdin (`ready`: say so first)."""
+    if ready:
+        say("ready")
+    for line in sys.stdin:
+        command, _, rest = line.strip().partition(" ")
+        if command == "run":
+            say(f"pid {_fork(child, json.loads(rest))}")
+        elif command == "wait":
+            _, status = os.waitpid(int(rest), 0)
+            say(f"exit {rest} {os.waitstatus_to_exitcode(status)}")
+        elif command == "quit":
+            return
