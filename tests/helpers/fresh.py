@@ -2,12 +2,14 @@
 
 `run(argv, ...)` is `subprocess.run([sys.executable, *argv], capture_output=True, ...)` for
 tests that need a new process which never saw the test's code (a model class, a mixed
-precision policy, the directory lock of another process). Instead of starting Python, each
-one is forked from a zygote: a process started once per test session that imported
-TensorFlow, Keras and NumPy and the fork-server loop (`helpers.zygote`), no keras_ckpt and
-no test module, and has run no TensorFlow op. The child sets the requested argv,
-environment, `sys.path` (from its PYTHONPATH) and working directory, then runs the script
-(or `-c` code) as `__main__`.
+precision policy, the directory lock of another process); `start(argv, ...)` is
+`subprocess.Popen([sys.executable, *argv], ...)` for one the test talks to while it runs
+(reads its output, signals it, waits for it). Instead of starting Python, each one is forked
+from a zygote: a process started once per test session that imported TensorFlow, Keras and
+NumPy and the fork-server loop (`helpers.zygote`), no keras_ckpt and no test module, and has
+run no TensorFlow op (so a child may still configure TensorFlow's devices). The child sets
+the requested argv, environment (TMPDIR included), `sys.path` (from its PYTHONPATH) and
+working directory, then runs the script (or `-c` code) as `__main__`.
 
 Not for environment variables TensorFlow or Keras read at import (`KERAS_HOME`,
 `TF_CPP_MIN_LOG_LEVEL`): a test that sets those starts a real interpreter.
@@ -18,10 +20,14 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 
 TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVER = f"""
@@ -32,7 +38,24 @@ sys.path.insert(0, {TESTS!r})
 from helpers.fresh import run_script
 from helpers.zygote import serve
 serve(run_script)
+os._exit(0)  # the zygote leaves nothing behind: skips Python's slow teardown of TensorFlow
 """
+
+
+def _redirect(fd: int, target: str | dict | None) -> None:
+    """The child's stdout or stderr (`fd`) to `target`: a file path (truncated), `{"socket":
+    path}` (the stream `Child.stdout` the test reads), or None (the same as stdout)."""
+    if target is None:
+        os.dup2(1, fd)
+    elif isinstance(target, dict):
+        stream = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stream.connect(target["socket"])
+        os.dup2(stream.fileno(), fd)
+        stream.close()
+    else:
+        opened = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(opened, fd)
+        os.close(opened)
 
 
 def run_script(job: dict) -> None:
@@ -42,10 +65,11 @@ def run_script(job: dict) -> None:
 
     os.setpgid(0, 0)
     os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
-    for fd, path in ((1, job["stdout"]), (2, job["stderr"])):
-        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    _redirect(1, job["stdout"])
+    _redirect(2, job["stderr"])
     os.environ.clear()
     os.environ.update(job["env"])
+    tempfile.tempdir = None  # the zygote's; a new process takes it from the job's TMPDIR
     os.chdir(job["cwd"])
     argv = job["argv"]
     extra = [p for p in job["env"].get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -61,9 +85,11 @@ def run_script(job: dict) -> None:
 
 
 class Zygote:
-    """The zygote process: one request at a time (`run`)."""
+    """The zygote process: one request at a time (`run`, `start` and `Child`'s calls), from
+    any thread."""
 
     def __init__(self) -> None:
+        self._lock = threading.RLock()  # a command and its answer, or all of `run`
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         env.pop("PYTHONPATH", None)  # it imports no code of this checkout
         self.proc = subprocess.Popen(
@@ -77,9 +103,19 @@ class Zygote:
         )
 
     def _ask(self, command: str, timeout: float | None) -> str:
-        self.proc.stdin.write(command + "\n")
-        self.proc.stdin.flush()
-        return self._line(timeout)
+        with self._lock:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+            return self._line(timeout)
+
+    def _job(self, argv, env, cwd, stdout, stderr) -> dict:
+        return {
+            "argv": [str(a) for a in argv],
+            "env": dict(os.environ if env is None else env),
+            "cwd": str(cwd if cwd is not None else os.getcwd()),
+            "stdout": stdout,
+            "stderr": stderr,
+        }
 
     def _line(self, timeout: float | None) -> str:
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
@@ -100,14 +136,9 @@ class Zygote:
         text: bool = True,
     ) -> subprocess.CompletedProcess:
         """As `subprocess.run([sys.executable, *argv], capture_output=True, ...)`."""
-        with tempfile.TemporaryDirectory(prefix="fresh-") as scratch:
-            job = {
-                "argv": [str(a) for a in argv],
-                "env": dict(os.environ if env is None else env),
-                "cwd": str(cwd if cwd is not None else os.getcwd()),
-                "stdout": os.path.join(scratch, "out"),
-                "stderr": os.path.join(scratch, "err"),
-            }
+        with self._lock, tempfile.TemporaryDirectory(prefix="fresh-") as scratch:
+            out, err = os.path.join(scratch, "out"), os.path.join(scratch, "err")
+            job = self._job(argv, env, cwd, out, err)
             pid = int(self._ask("run " + json.dumps(job), 30).split()[1])
             try:
                 code = int(self._ask(f"wait {pid}", timeout).split()[2])
@@ -119,6 +150,134 @@ class Zygote:
             with open(job["stdout"], mode) as out, open(job["stderr"], mode) as err:
                 return subprocess.CompletedProcess(argv, code, out.read(), err.read())
 
+    def start(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        stdout: int | str | os.PathLike[str] = subprocess.PIPE,
+        stderr: int | str | os.PathLike[str] = subprocess.DEVNULL,
+        text: bool = True,
+    ) -> Child:
+        """As `subprocess.Popen([sys.executable, *argv], ...)`: returns once the child runs.
+
+        `stdout`: `subprocess.PIPE` (read it from `Child.stdout`), `subprocess.DEVNULL` or a
+        file path; `stderr`: `subprocess.DEVNULL`, `subprocess.STDOUT` or a file path.
+        """
+        scratch = tempfile.mkdtemp(prefix="fresh-")  # removed once the child is reaped
+        listener = None
+        if stdout == subprocess.PIPE:
+            # A forked child cannot inherit a pipe from this process: it connects its stdout
+            # to a socket this process listens on.
+            out = {"socket": os.path.join(scratch, "stdout")}
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            listener.bind(out["socket"])
+            listener.listen(1)
+            listener.settimeout(30)
+        elif stdout == subprocess.DEVNULL:
+            out = os.devnull
+        else:
+            out = os.fspath(stdout)
+        if stderr == subprocess.STDOUT:
+            err = None
+        elif stderr == subprocess.DEVNULL:
+            err = os.devnull
+        else:
+            err = os.fspath(stderr)
+        try:
+            job = self._job(argv, env, cwd, out, err)
+            child = Child(self, argv, int(self._ask("run " + json.dumps(job), 30).split()[1]))
+            child.scratch = scratch
+            if listener is not None:
+                child.accept_stdout(listener, text)
+        finally:
+            if listener is not None:
+                listener.close()
+        return child
+
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+
+
+class Child:
+    """A child started by `Zygote.start`: what the tests use of `subprocess.Popen`.
+
+    Its process is a child of the zygote, not of this process: the zygote reaps it, asked by
+    `poll`. Unlike a `Popen`, leaving a `with Child` block kills it if it still runs.
+    """
+
+    def __init__(self, zygote: Zygote, argv: list[str], pid: int) -> None:
+        self.zygote = zygote
+        self.args = argv
+        self.pid = pid  # also its process group (`os.killpg(child.pid, ...)`)
+        self.returncode: int | None = None
+        self.stdout = None  # a readable stream with `stdout=subprocess.PIPE`
+        self.stream: socket.socket | None = None  # the socket under `stdout`
+        self.scratch: str | None = None  # a directory of ours, removed once it is reaped
+
+    def accept_stdout(self, listener: socket.socket, text: bool) -> None:
+        """Its stdout, once it connected it (in its first milliseconds) to `listener`."""
+        try:
+            self.stream, _ = listener.accept()
+        except TimeoutError:
+            self.kill()
+            code = self.wait()
+            raise RuntimeError(f"{self.args}: no stdout after 30 s (exit {code})") from None
+        self.stdout = self.stream.makefile("r" if text else "rb")
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            answer = self.zygote._ask(f"poll {self.pid}", 30).split()
+            if answer[0] == "exit":
+                self.returncode = int(answer[2])
+                if self.scratch is not None:
+                    shutil.rmtree(self.scratch, ignore_errors=True)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """As `Popen.wait`, which also polls (with the same growing pause) when given a
+        timeout: the zygote answers one request at a time, so it is not kept waiting."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.0005
+        while self.poll() is None:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, 0.05)
+        return self.returncode
+
+    def communicate(self, timeout: float | None = None) -> tuple:
+        """As `Popen.communicate` (no input): all of stdout, then the exit."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        output = None
+        if self.stdout is not None:
+            self.stream.settimeout(timeout)  # a read that waits longer raises TimeoutError
+            try:
+                output = self.stdout.read()
+            except TimeoutError:
+                raise subprocess.TimeoutExpired(self.args, timeout) from None
+            self.stdout.close()
+        self.wait(None if deadline is None else max(0, deadline - time.monotonic()))
+        return output, None
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # not reaped: the pid is still this child's
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.stdout is not None:
+            self.stdout.close()
+        if self.stream is not None:
+            self.stream.close()
+        if self.poll() is None:
+            os.killpg(self.pid, signal.SIGKILL)
+            self.wait()

@@ -4,14 +4,17 @@ A zygote imports TensorFlow once, then forks a child per request, so that each c
 in milliseconds instead of seconds. Commands on stdin, one per line; answers on stdout, each
 line in one `write` (atomic on a pipe, so a child's output or a SIGKILL never splits one):
 
-- ``run {json}``: forks a child that runs ``child(job)`` and exits (0, or 1 with the
-  traceback on stderr if it raised; ``SystemExit`` gives its code); answers ``pid N``.
+- ``run {json}``: forks a child that runs ``child(job)`` and exits as an interpreter does (0,
+  or 1 with the traceback on stderr if it raised; ``SystemExit`` gives its code; ``atexit``
+  handlers run first); answers ``pid N``.
 - ``wait N``: waits for child N; answers ``exit N CODE`` (CODE negative: killed by a signal).
+- ``poll N``: does not wait: ``exit N CODE`` if child N has ended, else ``running N``.
 - ``quit``: returns.
 """
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import sys
@@ -46,6 +49,9 @@ def _fork(child: Callable[[dict], None], job: dict) -> int:
     except BaseException:
         traceback.print_exc()
     finally:
+        # As at an interpreter's exit (e.g. TensorFlow's autograph deletes its temporary
+        # files), then `_exit`: never back into the zygote's loop.
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -62,5 +68,8 @@ def serve(child: Callable[[dict], None], *, ready: bool = False) -> None:
         elif command == "wait":
             _, status = os.waitpid(int(rest), 0)
             say(f"exit {rest} {os.waitstatus_to_exitcode(status)}")
+        elif command == "poll":
+            pid, status = os.waitpid(int(rest), os.WNOHANG)
+            say(f"exit {rest} {os.waitstatus_to_exitcode(status)}" if pid else f"running {rest}")
         elif command == "quit":
             return
