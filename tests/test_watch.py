@@ -1,6 +1,7 @@
 """`keras_ckpt.watch`: a sidecar evaluator scoring each checkpoint while another process trains.
 
-The trainers are real subprocesses (`helpers/watch_trainer.py`); the watcher runs in the test
+The trainers are real subprocesses (`helpers/watch_trainer.py`, forked from the session's
+zygote: `helpers.fresh`, which saves starting TensorFlow each time); the watcher runs in the test
 process, reading the directory as a watcher on another machine would. Tests that only need
 time to pass use `_watch` with a simulated clock and sleep, whose sleep can also act as the
 training side (save, close) between two polls.
@@ -13,7 +14,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fresh import Child
 from helpers.tiny import tiny_data, tiny_model
 
 import keras_ckpt
@@ -44,13 +45,9 @@ VAL = tiny_data(16, seed=1)  # held-out data (the trainer trains on tiny_data(48
 SIDECARS = {".lock", "checkpoint", "model.json", "history.jsonl"}
 
 
-def _launch(**args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, TRAINER, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
+def _launch(fresh, **args) -> Child:
+    """A trainer in a new process; its stdout is a stream (`helpers.fresh.Child`)."""
+    return fresh.start([TRAINER, json.dumps(args)], stdout=subprocess.PIPE, text=True)
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -83,9 +80,9 @@ class FakeTime:
 
 
 @pytest.mark.slow
-def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_path):
+def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_path, fresh):
     run, out = tmp_path / "run", tmp_path / "run-eval"
-    trainer = _launch(dir=str(run), save_freq=2, delay=0.25)  # 24 steps: ~6 s of training
+    trainer = _launch(fresh, dir=str(run), save_freq=2, delay=0.25)  # 24 steps: ~6 s of training
     began = time.monotonic()
     try:
         rows = keras_ckpt.watch(
@@ -122,9 +119,9 @@ def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_
 
 
 @pytest.mark.slow
-def test_watch_survives_fast_rotation_and_leaves_the_training_directory_untouched(tmp_path):
+def test_watch_survives_fast_rotation_and_leaves_the_training_directory_untouched(tmp_path, fresh):
     run, out = tmp_path / "run", tmp_path / "run-eval"
-    trainer = _launch(dir=str(run), save_freq=1, max_to_keep=1, delay=0.02)
+    trainer = _launch(fresh, dir=str(run), save_freq=1, max_to_keep=1, delay=0.02)
     try:
         rows = keras_ckpt.watch(run, VAL, export_best=True, poll_seconds=0.05, timeout=60)
     finally:
@@ -200,12 +197,12 @@ def test_cli_watch_with_bad_data_exits_2_with_one_line(tmp_path, capsys, arrays,
 
 
 @pytest.mark.slow
-def test_a_killed_run_is_waited_for_and_its_relaunch_is_watched(tmp_path):
+def test_a_killed_run_is_waited_for_and_its_relaunch_is_watched(tmp_path, fresh):
     run, copy = tmp_path / "run", tmp_path / "killed"
     events: dict[str, object] = {}
 
     def train() -> None:
-        first = _launch(dir=str(run), save_freq=2, delay=0.2)
+        first = _launch(fresh, dir=str(run), save_freq=2, delay=0.2)
         for line in first.stdout:
             if line.strip() == "step 9":  # ckpt-8 committed, not the end of the run
                 break
@@ -214,7 +211,7 @@ def test_a_killed_run_is_waited_for_and_its_relaunch_is_watched(tmp_path):
         events["killed_state"] = run_state(str(run))
         shutil.copytree(run, copy)
         time.sleep(3)  # many polls of the watcher: it must keep waiting
-        second = _launch(dir=str(run), save_freq=2, resume=True)
+        second = _launch(fresh, dir=str(run), save_freq=2, resume=True)
         second.wait(timeout=120)
         events["second"] = second.returncode
         events["second_done"] = time.monotonic()
