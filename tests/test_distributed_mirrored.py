@@ -1,8 +1,8 @@
 """MirroredStrategy on one host (two logical CPUs): the callbacks in `model.fit`.
 
-The strategy runs in a subprocess (`helpers/mirrored_worker.py`), because logical devices can only
-be configured before TensorFlow initialises them; this process restores what it saved into
-plain models.
+The strategy runs in a new process (`helpers/mirrored_worker.py`, forked from the session's
+zygote: `helpers.cluster.run_all`), because logical devices can only be configured before
+TensorFlow initialises them; this process restores what it saved into plain models.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.cluster import python, read_json, run_all, worker_env
+from helpers.cluster import read_json, run_all, script, worker_env
 from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import best_checkpoint, list_checkpoints, restore
@@ -34,10 +34,10 @@ def _assert_all_equal(actual, expected) -> None:
 
 
 @pytest.fixture(scope="module")
-def mirrored(tmp_path_factory):
+def mirrored(tmp_path_factory, fresh):
     work = tmp_path_factory.mktemp("mirrored")
-    commands = [(python("helpers/mirrored_worker.py", str(work)), worker_env(work / "tmp"))]
-    (result,) = run_all(commands, work / "logs", TIMEOUT)
+    commands = [(script("helpers/mirrored_worker.py", str(work)), worker_env(work / "tmp"))]
+    (result,) = run_all(fresh, commands, work / "logs", TIMEOUT)
     if result.returncode != 0:
         pytest.fail(
             f"the MirroredStrategy run failed (exit {result.returncode}):\n{result.tail()}"

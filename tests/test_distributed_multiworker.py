@@ -1,5 +1,8 @@
 """MultiWorkerMirroredStrategy: two real worker processes on 127.0.0.1, one shared directory.
 
+The workers are forked from the session's zygote (`helpers.cluster.run_all`): each reads its
+TF_CONFIG and starts its gRPC server after the fork, as a new Python would.
+
 One cluster run (see `helpers/mwms_worker.py`) serves every test here; the tests check what it left
 on disk and restore it into plain models in this process.
 """
@@ -12,7 +15,7 @@ import re
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.cluster import free_ports, python, read_json, run_all, worker_env
+from helpers.cluster import free_ports, read_json, run_all, script, worker_env
 from helpers.mwms_worker import CHIEF_SCORES, build_model
 
 from keras_ckpt import best_checkpoint, list_checkpoints, restore
@@ -36,7 +39,7 @@ def _weights(path) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, fresh):
     base = tmp_path_factory.mktemp("mwms")
     for attempt in range(2):  # a port taken between picking and binding: pick again once
         work = base / f"attempt-{attempt}"
@@ -44,12 +47,12 @@ def cluster(tmp_path_factory):
         ports = ",".join(map(str, free_ports(2)))
         commands = [
             (
-                python("helpers/mwms_worker.py", str(i), ports, str(work)),
+                script("helpers/mwms_worker.py", str(i), ports, str(work)),
                 worker_env(work / f"tmp-{i}"),
             )
             for i in range(2)
         ]
-        results = run_all(commands, work / "logs", TIMEOUT)
+        results = run_all(fresh, commands, work / "logs", TIMEOUT)
         if all(r.returncode == 0 for r in results):
             return work, [read_json(work / f"result-{i}.json") for i in range(2)]
         if not any("address already in use" in r.log.lower() for r in results):

@@ -1,4 +1,4 @@
-"""Runs helper scripts in subprocesses: bounded in time, always cleaned up, loopback only."""
+"""Runs helper scripts in new processes: bounded in time, always cleaned up, loopback only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -51,29 +50,22 @@ class Result:
         return "\n".join(self.log.splitlines()[-lines:])
 
 
-def run_all(commands: list[tuple[list[str], dict[str, str]]], logs: Path, timeout: float):
+def run_all(zygote, commands: list[tuple[list[str], dict[str, str]]], logs: Path, timeout: float):
     """Starts every command at once and waits for all, at most `timeout` seconds in total.
 
-    Each runs in its own process group; whatever is still running at the deadline (or if
-    this function is interrupted) is killed with its children. Returns one `Result` each.
+    Each command (`script(...)`) runs in a new process forked from `zygote` (the session's
+    `fresh` fixture, `helpers.fresh`): it has imported TensorFlow but run no TensorFlow op, so
+    a worker still configures its devices and starts its servers as a new Python would,
+    seconds sooner. Each runs in its own process group; whatever is still running at the
+    deadline (or if this function is interrupted) is killed with its children. Returns one
+    `Result` each.
     """
     logs.mkdir(parents=True, exist_ok=True)
-    procs: list[subprocess.Popen] = []
-    files = []
+    procs = []
     try:
-        for i, (cmd, env) in enumerate(commands):
-            out = open(logs / f"proc-{i}.log", "w")  # noqa: SIM115 (closed below)
-            files.append(out)
-            procs.append(
-                subprocess.Popen(
-                    cmd,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-            )
+        for i, (argv, env) in enumerate(commands):
+            log = logs / f"proc-{i}.log"
+            procs.append(zygote.start(argv, env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + timeout
         codes: list[int | None] = []
         for proc in procs:
@@ -89,16 +81,15 @@ def run_all(commands: list[tuple[list[str], dict[str, str]]], logs: Path, timeou
                 except ProcessLookupError:
                     pass
                 proc.wait()
-        for out in files:
-            out.close()
     return [
         Result(code, (logs / f"proc-{i}.log").read_text(errors="replace"))
         for i, code in enumerate(codes)
     ]
 
 
-def python(script: str, *args: str) -> list[str]:
-    return [sys.executable, str(TESTS / script), *args]
+def script(path: str, *args: str) -> list[str]:
+    """The arguments of `python tests/PATH ARGS...` after `python`."""
+    return [str(TESTS / path), *args]
 
 
 def read_json(path: Path) -> dict:
