@@ -205,7 +205,7 @@ class Child:
     """A child started by `Zygote.start`: what the tests use of `subprocess.Popen`.
 
     Its process is a child of the zygote, not of this process: the zygote reaps it, asked by
-    `poll`. Unlike a `Popen`, leaving a `with Child` block kills it if it still runs.
+    `poll`.
     """
 
     def __init__(self, zygote: Zygote, argv: list[str], pid: int) -> None:
@@ -269,15 +269,3 @@ class Child:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
-
-    def __enter__(self) -> Child:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.stdout is not None:
-            self.stdout.close()
-        if self.stream is not None:
-            self.stream.close()
-        if self.poll() is None:
-            os.killpg(self.pid, signal.SIGKILL)
-            self.wait()
