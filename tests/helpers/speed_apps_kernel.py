@@ -1,0 +1,105 @@
+"""Jupyter kernels forked from the `fresh` zygote: a real ipykernel, without TensorFlow's start-up.
+
+A notebook's first cell imports TensorFlow and Keras: ~4 s of CPU in every new kernel. The
+session's `fresh` zygote (`helpers.fresh`) has imported them already and forks a process per
+request; here that process runs `python -m ipykernel_launcher -f <connection file>`, exactly
+the command of the `python3` kernelspec, so the notebook talks over ZeroMQ to an ordinary
+ipykernel in its own process and process group. What differs from a kernel started by
+`python`: `import tensorflow`, `import keras` and `import numpy` find the modules already
+loaded (their module-level code ran in the zygote, with the same environment variables).
+Nothing else is loaded before the kernel: no keras_ckpt, no matplotlib, no test code.
+
+`kernel_manager(zygote)` gives an `AsyncKernelManager` for `NotebookClient(km=...)`: the
+only change is its provisioner's `launch_kernel`; polling, signals, shutdown and cleanup are
+jupyter_client's own (`LocalProvisioner`), on a `Popen`-like handle of the forked process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import uuid
+from pathlib import Path
+
+from jupyter_client.manager import AsyncKernelManager
+from jupyter_client.provisioning import LocalProvisioner
+
+# `python -m ipykernel_launcher ARGS` as `-c` code: `helpers.fresh.run_script` runs `-c` code
+# (or a script file) as __main__ with sys.argv and sys.path as a new interpreter sets them.
+LAUNCHER = "import runpy; runpy.run_module('ipykernel_launcher', run_name='__main__')"
+
+
+class ForkedKernel:
+    """The parts of `subprocess.Popen` that `LocalProvisioner` uses, for a zygote's child.
+
+    The kernel is the zygote's child, not ours: the zygote reaps it (`wait`), and a pidfd
+    (which works for any process) tells without blocking whether it has ended.
+    """
+
+    stdin = stdout = stderr = None
+
+    def __init__(self, zygote, pid: int) -> None:
+        self.zygote, self.pid, self.returncode = zygote, pid, None
+        self._pidfd = os.pidfd_open(pid)
+
+    def poll(self) -> int | None:
+        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
+            self.wait()
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is None:
+            answer = self.zygote._ask(f"wait {self.pid}", timeout)  # "exit PID CODE"
+            self.returncode = int(answer.split()[2])
+            os.close(self._pidfd)
+        return self.returncode
+
+    def send_signal(self, signum: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+
+class ForkedProvisioner(LocalProvisioner):
+    """`LocalProvisioner`, but the kernel command runs in a process forked from `zygote`."""
+
+    zygote = None  # a `helpers.fresh.Zygote`, set by `kernel_manager`
+    output = None  # the kernel process's stdout and stderr go to <output>.out / .err
+
+    async def launch_kernel(self, cmd: list[str], **kwargs) -> dict:
+        # The kernelspec's command, with jupyter_client's `python` resolved to sys.executable.
+        assert cmd[1:3] == ["-m", "ipykernel_launcher"], cmd
+        # As jupyter_client's launcher does: the kernel exits if its parent (the zygote) dies,
+        # so no kernel outlives the session.
+        env = dict(kwargs["env"], JPY_PARENT_PID=str(self.zygote.proc.pid))
+        job = {
+            "argv": ["-c", LAUNCHER, *cmd[3:]],
+            "env": env,
+            "cwd": str(kwargs.get("cwd") or os.getcwd()),
+            "stdout": f"{self.output}.out",
+            "stderr": f"{self.output}.err",
+        }
+        # `fresh.Zygote.run` would wait for the process to end: ask for the fork alone.
+        pid = int(self.zygote._ask("run " + json.dumps(job), 30).split()[1])
+        self.process = ForkedKernel(self.zygote, pid)
+        self.pid = self.pgid = pid  # run_script makes the child a process group leader
+        self.cwd = job["cwd"]
+        return self.connection_info
+
+
+def kernel_manager(zygote, output: str | os.PathLike[str]) -> AsyncKernelManager:
+    """A manager for the `python3` kernel whose kernel is forked from `zygote`."""
+    km = AsyncKernelManager(kernel_name="python3")
+    provisioner = ForkedProvisioner(
+        kernel_id=str(uuid.uuid4()), kernel_spec=km.kernel_spec, parent=km
+    )
+    provisioner.zygote, provisioner.output = zygote, str(Path(output))
+    km.provisioner = provisioner
+    return km
