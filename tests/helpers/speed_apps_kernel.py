@@ -9,9 +9,10 @@ ipykernel in its own process and process group. What differs from a kernel start
 loaded (their module-level code ran in the zygote, with the same environment variables).
 Nothing else is loaded before the kernel: no keras_ckpt, no matplotlib, no test code.
 
-`kernel_manager(zygote)` gives an `AsyncKernelManager` for `NotebookClient(km=...)`: the
-only change is its provisioner's `launch_kernel`; polling, signals, shutdown and cleanup are
-jupyter_client's own (`LocalProvisioner`), on a `Popen`-like handle of the forked process.
+`kernel_manager(zygote, output)` gives an `AsyncKernelManager` for `NotebookClient(km=...)`:
+the only change is its provisioner's `launch_kernel`; polling, signals, shutdown and cleanup
+are jupyter_client's own (`LocalProvisioner`), on a `Popen`-like handle of the forked
+process. nbclient shuts down only kernels it started itself: call `execute(cleanup_kc=True)`.
 """
 
 from __future__ import annotations
