@@ -3,7 +3,7 @@
 Each notebook asserts its own claims (exact accuracies, equal weights), so an executed
 notebook is a passed test of them; here any error in any cell fails the test. Each runs in
 its own new ipykernel process, forked from the session's zygote that has imported
-TensorFlow, Keras and NumPy (`helpers.speed_apps_kernel`): their import in the first cell
+TensorFlow, Keras and NumPy (`helpers.forked_kernel`): their import in the first cell
 costs nothing, the rest of the notebook runs as in a kernel started from scratch.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import matplotlib.image
 import nbformat
 import pytest
-from helpers.speed_apps_kernel import kernel_manager
+from helpers.forked_kernel import kernel_manager
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -214,6 +214,7 @@ class Child:
         self.pid = pid  # also its process group (`os.killpg(child.pid, ...)`)
         self.returncode: int | None = None
         self.stdout = None  # a readable stream with `stdout=subprocess.PIPE`
+        self.stdin = self.stderr = None  # never piped (as Popen's, for code that closes them)
         self.stream: socket.socket | None = None  # the socket under `stdout`
         self.scratch: str | None = None  # a directory of ours, removed once it is reaped
 
@@ -269,3 +270,6 @@ class Child:
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)

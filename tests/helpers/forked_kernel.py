@@ -11,16 +11,14 @@ Nothing else is loaded before the kernel: no keras_ckpt, no matplotlib, no test 
 
 `kernel_manager(zygote, output)` gives an `AsyncKernelManager` for `NotebookClient(km=...)`:
 the only change is its provisioner's `launch_kernel`; polling, signals, shutdown and cleanup
-are jupyter_client's own (`LocalProvisioner`), on a `Popen`-like handle of the forked
-process. nbclient shuts down only kernels it started itself: call `execute(cleanup_kc=True)`.
+are jupyter_client's own (`LocalProvisioner`), on the `Popen`-like `helpers.fresh.Child` of
+the forked process. nbclient shuts down only kernels it started itself: call
+`execute(cleanup_kc=True)`.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import select
-import signal
 import uuid
 from pathlib import Path
 
@@ -30,42 +28,6 @@ from jupyter_client.provisioning import LocalProvisioner
 # `python -m ipykernel_launcher ARGS` as `-c` code: `helpers.fresh.run_script` runs `-c` code
 # (or a script file) as __main__ with sys.argv and sys.path as a new interpreter sets them.
 LAUNCHER = "import runpy; runpy.run_module('ipykernel_launcher', run_name='__main__')"
-
-
-class ForkedKernel:
-    """The parts of `subprocess.Popen` that `LocalProvisioner` uses, for a zygote's child.
-
-    The kernel is the zygote's child, not ours: the zygote reaps it (`wait`), and a pidfd
-    (which works for any process) tells without blocking whether it has ended.
-    """
-
-    stdin = stdout = stderr = None
-
-    def __init__(self, zygote, pid: int) -> None:
-        self.zygote, self.pid, self.returncode = zygote, pid, None
-        self._pidfd = os.pidfd_open(pid)
-
-    def poll(self) -> int | None:
-        if self.returncode is None and select.select([self._pidfd], [], [], 0)[0]:
-            self.wait()
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        if self.returncode is None:
-            answer = self.zygote._ask(f"wait {self.pid}", timeout)  # "exit PID CODE"
-            self.returncode = int(answer.split()[2])
-            os.close(self._pidfd)
-        return self.returncode
-
-    def send_signal(self, signum: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, signum)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
 
 class ForkedProvisioner(LocalProvisioner):
@@ -80,18 +42,16 @@ class ForkedProvisioner(LocalProvisioner):
         # As jupyter_client's launcher does: the kernel exits if its parent (the zygote) dies,
         # so no kernel outlives the session.
         env = dict(kwargs["env"], JPY_PARENT_PID=str(self.zygote.proc.pid))
-        job = {
-            "argv": ["-c", LAUNCHER, *cmd[3:]],
-            "env": env,
-            "cwd": str(kwargs.get("cwd") or os.getcwd()),
-            "stdout": f"{self.output}.out",
-            "stderr": f"{self.output}.err",
-        }
-        # `fresh.Zygote.run` would wait for the process to end: ask for the fork alone.
-        pid = int(self.zygote._ask("run " + json.dumps(job), 30).split()[1])
-        self.process = ForkedKernel(self.zygote, pid)
-        self.pid = self.pgid = pid  # run_script makes the child a process group leader
-        self.cwd = job["cwd"]
+        self.process = self.zygote.start(
+            ["-c", LAUNCHER, *cmd[3:]],
+            env=env,
+            cwd=kwargs.get("cwd") or os.getcwd(),
+            stdout=f"{self.output}.out",
+            stderr=f"{self.output}.err",
+        )
+        # run_script makes the child the leader of its own process group
+        self.pid = self.pgid = self.process.pid
+        self.cwd = kwargs.get("cwd") or os.getcwd()
         return self.connection_info
 
 
