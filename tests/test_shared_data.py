@@ -10,6 +10,7 @@ deleted, on a local disk (hard links) and on `ram://` or a disk without links (c
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
@@ -26,6 +27,10 @@ from test_reliability_diskfull import NO_SPACE, FullDisk, _assert_only, _digest
 from keras_ckpt import CheckpointError, CheckpointManager, KeepLast, _fs, cli, restore, verify
 
 gfile = tf.io.gfile
+
+# Training runs eagerly: tracing the train step cost ~1.2 s a model, the few eager steps a
+# test takes cost far less, and the checkpoints hold the same variables either way.
+EAGER = True
 
 
 def transfer_model(seed: int = 0) -> tuple[keras.Model, keras.Model]:
@@ -50,7 +55,7 @@ def transfer_model(seed: int = 0) -> tuple[keras.Model, keras.Model]:
             keras.layers.Dense(1, name="h2"),
         ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", run_eagerly=EAGER)
     return model, base
 
 
@@ -64,14 +69,26 @@ def values(model: keras.Model) -> list[np.ndarray]:
     return [v.numpy().copy() for v in model.variables]
 
 
+@functools.cache
+def _reader() -> keras.Model:
+    """The model `assert_plain_read` reads into, built once: the tests read ~170 times and a
+    build costs more than the read itself."""
+    return transfer_model(seed=99)[0]
+
+
 def assert_plain_read(prefix: str, expected: list[np.ndarray]) -> None:
-    """`tf.train.Checkpoint(model=fresh).read(prefix)` gives exactly `expected`."""
-    fresh, _ = transfer_model(seed=99)
-    tf.train.Checkpoint(model=fresh).read(prefix).expect_partial()
-    got = values(fresh)
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(a, b)
+    """`tf.train.Checkpoint(model=reader).read(prefix)` gives exactly `expected`."""
+    reader = _reader()
+    assert len(reader.variables) == len(expected)
+    # The reader is reused: every value it holds is first set to one that differs from the
+    # expected one everywhere, so a value the read misses fails the comparison below.
+    for variable, want in zip(reader.variables, expected, strict=True):
+        poison = want + 1
+        assert (poison != want).all()
+        variable.assign(poison)
+    tf.train.Checkpoint(model=reader).read(prefix).expect_partial()
+    for got, want in zip(values(reader), expected, strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def record(prefix: str) -> dict:
@@ -151,7 +168,7 @@ def _assign(model, mgr=None):
 
 def _unfreeze(model, mgr):
     model.get_layer("base").trainable = True
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", run_eagerly=EAGER)
     model.train_on_batch(*batch(1))
 
 
