@@ -321,6 +321,8 @@ def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
 
 
 class _Zygote:
+    """`helpers/preempt_worker.py`: forks trainers on request; its stdout in a queue."""
+
     def __init__(self) -> None:
         paths = (str(HERE), os.environ.get("PYTHONPATH", ""))  # helpers.zygote importable
         self.proc = subprocess.Popen(
@@ -333,15 +335,20 @@ class _Zygote:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
+        self.running: set[int] = set()  # trainers forked and not reaped yet
         threading.Thread(target=self._read, daemon=True).start()
 
     def _read(self) -> None:
         for line in self.proc.stdout:
+            if line.startswith("pid "):  # the zygote forked a trainer
+                self.running.add(int(line.split()[1]))
             self.lines.put(line.strip())
         self.lines.put("EOF")
 
     def send(self, line: str) -> None:
         self.seen = []  # the lines since the last command
+        if line.startswith("wait "):
+            self.running.discard(int(line.split()[1]))
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
 
@@ -354,9 +361,33 @@ class _Zygote:
                 return line[len(prefix) :].strip()
             assert line != "EOF", f"worker ended while waiting for {prefix!r}"
 
+    def reset(self) -> None:
+        """Between tests: ends the trainers a failed test left running, drops unread lines."""
+        for pid in list(self.running):
+            os.kill(pid, signal.SIGKILL)
+            self.send(f"wait {pid}")
+            self.expect(f"exit {pid}")
+        while not self.lines.empty():
+            self.lines.get_nowait()
+
     def close(self) -> None:
         self.send("quit")
         self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def _zygote_process():
+    """One zygote for the module's subprocess tests: starting one (importing TensorFlow)
+    costs seconds; each trainer is a fresh fork of it all the same."""
+    zygote = _Zygote()
+    yield zygote
+    zygote.close()
+
+
+@pytest.fixture
+def zygote(_zygote_process):
+    yield _zygote_process
+    _zygote_process.reset()
 
 
 def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -> int:
@@ -387,86 +418,86 @@ def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -
 
 
 @pytest.mark.slow
-def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path):
+def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path, zygote):
     rng = random.Random(os.environ.get("PREEMPT_SEED"))
-    zygote = _Zygote()
-    try:
-        stopped = []
-        # three signals between save points (a random step, at a random moment of its end)
-        # and one at any random time (it often falls in a save, the slowest step)
-        targets = [rng.choice([s for s in range(1, 36) if s % 5]) for _ in range(3)] + [None]
-        for round_, target in enumerate(targets):
-            run = tmp_path / f"run{round_}"
-            zygote.send("run " + json.dumps({"dir": str(run), "batch_seconds": 0.03}))
-            pid = int(zygote.expect("training"))
-            if target is None:
-                time.sleep(rng.uniform(0.0, 0.8))
-            else:
-                zygote.expect(f"step {target}")
-                time.sleep(rng.uniform(0.0, 0.01))
-            sent_at = time.time()
-            os.kill(pid, signal.SIGTERM)
-            step = _check_preempted_run(run, zygote, pid, sent_at)
-            assert target is None or target <= step <= target + 1
-            stopped.append(step)
-
-        # during a background write: the preemption save waits for it, then saves its step
-        run = tmp_path / "async"
-        args = {"dir": str(run), "async": True, "slow_commit": 1.0, "batch_seconds": 0.03}
-        zygote.send("run " + json.dumps(args))
+    stopped = []
+    # three signals between save points (a random step, at a random moment of its end)
+    # and one at any random time (it often falls in a save, the slowest step)
+    targets = [rng.choice([s for s in range(1, 36) if s % 5]) for _ in range(3)] + [None]
+    for round_, target in enumerate(targets):
+        run = tmp_path / f"run{round_}"
+        zygote.send("run " + json.dumps({"dir": str(run), "batch_seconds": 0.03}))
         pid = int(zygote.expect("training"))
-        assert zygote.expect("writing") == "5"  # in flight for a second from now
-        if "step 6" not in zygote.seen:
-            zygote.expect("step 6")
+        if target is None:
+            time.sleep(rng.uniform(0.0, 0.8))
+        else:
+            zygote.expect(f"step {target}")
+            time.sleep(rng.uniform(0.0, 0.01))
         sent_at = time.time()
         os.kill(pid, signal.SIGTERM)
         step = _check_preempted_run(run, zygote, pid, sent_at)
-        assert 5 < step < 10 and _steps(run) == [5, step]
-        assert "preempted" not in _record(run, 5)
-        print("targets", targets, "preempted at steps", stopped, "and", step, "(async)")
-        print("SIGTERM to fit returned, s:", [round(t, 3) for t in _LATENCIES])
-    finally:
-        zygote.close()
+        assert target is None or target <= step <= target + 1
+        stopped.append(step)
+
+    # during a background write: the preemption save waits for it, then saves its step
+    run = tmp_path / "async"
+    args = {"dir": str(run), "async": True, "slow_commit": 1.0, "batch_seconds": 0.03}
+    zygote.send("run " + json.dumps(args))
+    pid = int(zygote.expect("training"))
+    assert zygote.expect("writing") == "5"  # in flight for a second from now
+    if "step 6" not in zygote.seen:
+        zygote.expect("step 6")
+    sent_at = time.time()
+    os.kill(pid, signal.SIGTERM)
+    step = _check_preempted_run(run, zygote, pid, sent_at)
+    assert 5 < step < 10 and _steps(run) == [5, step]
+    assert "preempted" not in _record(run, 5)
+    print("targets", targets, "preempted at steps", stopped, "and", step, "(async)")
+    print("SIGTERM to fit returned, s:", [round(t, 3) for t in _LATENCIES])
 
 
 _HAS_RESUME = "resume" in inspect.signature(RotatingCheckpoint).parameters
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(_zygote_process, tmp_path_factory) -> Path:
+    """The final weights of the run no signal interrupts (the same for both relaunch tests)."""
+    zygote = _zygote_process
+    reference = tmp_path_factory.mktemp("preemption") / "reference"
+    zygote.send("run " + json.dumps({"dir": str(reference), "batch_seconds": 0}))
+    pid = int(zygote.expect("pid"))
+    assert json.loads(zygote.expect("done"))["iterations"] == 36
+    zygote.send(f"wait {pid}")
+    assert zygote.expect(f"exit {pid}") == "0"
+    return Path(str(reference) + ".final.npz")
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not _HAS_RESUME, reason="needs RotatingCheckpoint(resume=True)")
 @pytest.mark.parametrize("async_save", [False, True])
-def test_relaunch_after_sigterm_ends_like_the_uninterrupted_run(tmp_path, async_save):
+def test_relaunch_after_sigterm_ends_like_the_uninterrupted_run(
+    tmp_path, async_save, zygote, uninterrupted
+):
     """The same command starts the run, is stopped by SIGTERM, and continues it exactly."""
     rng = random.Random(os.environ.get("PREEMPT_SEED"))
-    zygote = _Zygote()
-    try:
-        reference = tmp_path / "reference"
-        zygote.send("run " + json.dumps({"dir": str(reference), "batch_seconds": 0}))
-        pid = int(zygote.expect("pid"))
-        assert json.loads(zygote.expect("done"))["iterations"] == 36
-        zygote.send(f"wait {pid}")
-        assert zygote.expect(f"exit {pid}") == "0"
+    run = tmp_path / "run"
+    command = "run " + json.dumps(
+        {"dir": str(run), "resume": True, "async": async_save, "batch_seconds": 0.03}
+    )
+    zygote.send(command)
+    pid = int(zygote.expect("pid"))
+    target = rng.choice([s for s in range(2, 36) if s % 5])  # between save points
+    zygote.expect(f"step {target}")
+    os.kill(pid, signal.SIGTERM)
+    stopped = _check_preempted_run(run, zygote, pid, time.time())
 
-        run = tmp_path / "run"
-        command = "run " + json.dumps(
-            {"dir": str(run), "resume": True, "async": async_save, "batch_seconds": 0.03}
-        )
-        zygote.send(command)
-        pid = int(zygote.expect("pid"))
-        target = rng.choice([s for s in range(2, 36) if s % 5])  # between save points
-        zygote.expect(f"step {target}")
-        os.kill(pid, signal.SIGTERM)
-        stopped = _check_preempted_run(run, zygote, pid, time.time())
-
-        zygote.send(command)  # the relaunch: the same command
-        pid = int(zygote.expect("pid"))
-        assert json.loads(zygote.expect("done"))["iterations"] == 36
-        zygote.send(f"wait {pid}")
-        assert zygote.expect(f"exit {pid}") == "0"
-    finally:
-        zygote.close()
+    zygote.send(command)  # the relaunch: the same command
+    pid = int(zygote.expect("pid"))
+    assert json.loads(zygote.expect("done"))["iterations"] == 36
+    zygote.send(f"wait {pid}")
+    assert zygote.expect(f"exit {pid}") == "0"
     final = np.load(str(run) + ".final.npz")
-    expected = np.load(str(reference) + ".final.npz")
+    expected = np.load(uninterrupted)
     for name in expected.files:
         np.testing.assert_allclose(final[name], expected[name], rtol=0, atol=1e-6)
     assert _steps(run)[-1] == 36 and stopped < 36
