@@ -184,12 +184,17 @@ def test_async_checkpoint_holds_exactly_the_weights_of_its_step(tmp_path):
 
     kept = cb.checkpoints
     assert [i.step for i in kept] == [3 * k for k in range(1, 11)] + [32]
+    # One model restores every async checkpoint, one every sync one (a build per restore cost
+    # more than the restores). Before each restore their weights are set to values the
+    # checkpoint cannot hold, so a weight the restore missed fails the comparisons.
+    fresh, twin = tiny_model(seed=7), tiny_model(seed=8)
     for info in kept:
-        fresh = tiny_model(seed=7)
+        recorded = rec.at[info.step]
+        fresh.set_weights([w + 1 for w in recorded])
+        twin.set_weights([w + 2 for w in recorded])
         restore(fresh, info.path)
-        for saved, recorded in zip(fresh.get_weights(), rec.at[info.step]):
-            np.testing.assert_array_equal(saved, recorded)
-        twin = tiny_model(seed=8)
+        for saved, want in zip(fresh.get_weights(), recorded, strict=True):
+            np.testing.assert_array_equal(saved, want)
         restore(twin, tmp_path / "sync" / info.name)
         assert weights_equal(fresh, twin)
     assert not list((tmp_path / "async").glob(".tmp-*"))
