@@ -60,7 +60,10 @@ def build_model(small: bool = False) -> keras.Model:
             keras.layers.Dense(1, name="head"),
         ]
     )
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="mse")
+    # The small model's worker takes three steps: tracing its train step would cost more than
+    # running them eagerly. (The big model's worker is killed at a moment, not at a step, and
+    # its tracing is small beside its saves: it keeps the traced step users run.)
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="mse", run_eagerly=small)
     return model
 
 
