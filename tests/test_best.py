@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.speed_core2_poison import poison
 from helpers.tiny import SetLogs, tiny_data, tiny_model
 
 from keras_ckpt import (
@@ -117,8 +118,9 @@ def test_step_level_best_with_validation_data_matches_model_evaluate(tmp_path):
     assert all(i.step % 3 == 0 for i in kept)
     losses = [i.metrics["val_loss"] for i in kept]
     assert all(b < a for a, b in zip(losses, losses[1:]))
+    fresh = tiny_model(seed=5)  # one model for every checkpoint: evaluate is traced once
     for info in kept:
-        fresh = tiny_model(seed=5)
+        poison(fresh)
         restore(fresh, info.path)
         result = fresh.evaluate(x_val, y_val, verbose=0, return_dict=True)
         assert result["loss"] == pytest.approx(info.metrics["val_loss"], rel=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 import warnings
 
@@ -102,6 +103,21 @@ def trained(tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> str:
+    """A directory of one epoch of `_string_model`, trained once: READ ONLY (see `_copy`)."""
+    directory = str(tmp_path_factory.mktemp("one_epoch") / "run")
+    _train(directory, _string_model, _string_data(), epochs=1)
+    return directory
+
+
+def _copy(one_epoch: str, tmp_path) -> str:
+    """A copy of the `one_epoch` directory, as the finished run left it, to change."""
+    directory = str(tmp_path / "run")
+    shutil.copytree(one_epoch, directory)
+    return directory
+
+
 def _predict(model, x) -> np.ndarray:
     return model.predict(tf.constant(x), verbose=0)
 
@@ -160,9 +176,8 @@ def test_resume_into_a_never_adapted_model_continues_with_the_vocabulary(trained
     np.testing.assert_array_equal(_predict(fresh, x), _predict(model, x))
 
 
-def test_without_kept_assets_a_never_adapted_layer_is_a_clear_error(tmp_path):
-    directory = str(tmp_path / "run")
-    _train(directory, _string_model, _string_data(), epochs=1)
+def test_without_kept_assets_a_never_adapted_layer_is_a_clear_error(one_epoch, tmp_path):
+    directory = _copy(one_epoch, tmp_path)
     os.remove(os.path.join(directory, "assets", "index.json"))  # as a directory of old
 
     fresh = _string_model(None)
@@ -209,10 +224,9 @@ def test_vocabulary_on_a_remote_file_system(tmp_path):
     np.testing.assert_array_equal(_predict(loaded, x), _predict(model, x))
 
 
-def test_assets_written_once_and_replaced_by_a_run_with_another_vocabulary(tmp_path):
-    directory = str(tmp_path / "run")
+def test_assets_written_once_and_replaced_by_a_run_with_another_vocabulary(one_epoch, tmp_path):
+    directory = _copy(one_epoch, tmp_path)
     x, y = _string_data()
-    _train(directory, _string_model, (x, y), epochs=1)
     index = os.path.join(directory, "assets", "index.json")
     first = os.stat(index).st_mtime_ns
 
@@ -231,9 +245,8 @@ def test_assets_written_once_and_replaced_by_a_run_with_another_vocabulary(tmp_p
     np.testing.assert_array_equal(_predict(load_model(directory), x), _predict(other, x))
 
 
-def test_verify_names_a_damaged_vocabulary_and_restore_refuses_it(tmp_path):
-    directory = str(tmp_path / "run")
-    _train(directory, _string_model, _string_data(), epochs=1)
+def test_verify_names_a_damaged_vocabulary_and_restore_refuses_it(one_epoch, tmp_path):
+    directory = _copy(one_epoch, tmp_path)
     assert verify(directory) == []
     with open(os.path.join(directory, "assets", "lookup", "vocabulary.txt"), "a") as f:
         f.write("\nextra")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.speed_core2_poison import poison
 from helpers.tiny import SetLogs, tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
@@ -73,8 +74,9 @@ def template(tmp_path_factory):
     assert [i.step for i in list_checkpoints(directory)] == [4, 8, 12]
     assert verify(directory) == []
     weights = {}
+    probe = tiny_model(seed=9)
     for step in (4, 8, 12):
-        probe = tiny_model(seed=9)
+        poison(probe)
         restore(probe, directory / f"ckpt-{step}")
         weights[step] = probe.get_weights()
     return directory, weights
@@ -167,13 +169,14 @@ def test_rotating_callback_on_a_damaged_directory_keeps_the_good_and_the_bad(run
     # step is never 12 (that name is taken by the damaged files, which stay as they were).
     assert steps[:2] == [4, 8] and len(steps) == 3 and steps[2] > 12
     assert _snapshot(directory) == bad
+    probe = tiny_model(seed=7)  # one model for the three restores, poisoned before each
     for step in (4, 8):
-        probe = tiny_model(seed=7)
+        poison(probe)
         restore(probe, directory / f"ckpt-{step}")
         assert _same(probe, weights[step])
-    fresh = tiny_model(seed=7)
-    assert restore(fresh, directory).step == steps[2]
-    assert weights_equal(fresh, model)
+    poison(probe)
+    assert restore(probe, directory).step == steps[2]
+    assert weights_equal(probe, model)
     assert tf.train.latest_checkpoint(str(directory)) == str(directory / f"ckpt-{steps[2]}")
 
 
@@ -239,14 +242,24 @@ def test_garbled_state_file_loses_nothing_and_the_next_writer_repairs_it(run, ga
 # -- TensorFlow's own errors are translated at the boundary (checkpoints without our record) --
 
 
-@pytest.fixture
-def plain(tmp_path):
-    """A checkpoint written by tf.train.Checkpoint itself: no record, no size check."""
+@pytest.fixture(scope="module")
+def plain_template(tmp_path_factory):
+    """A checkpoint written by tf.train.Checkpoint itself, trained once: copied by `plain`."""
     x, y = tiny_data()
     model = tiny_model()
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
-    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "plain" / "ckpt-4"))
+    directory = tmp_path_factory.mktemp("plain_template") / "plain"
+    prefix = tf.train.Checkpoint(model=model).write(str(directory / "ckpt-4"))
     return Path(prefix)
+
+
+@pytest.fixture
+def plain(plain_template, tmp_path):
+    """A checkpoint written by tf.train.Checkpoint itself: no record, no size check (a fresh
+    copy of `plain_template`, to damage)."""
+    directory = tmp_path / "plain"
+    shutil.copytree(plain_template.parent, directory)
+    return directory / plain_template.name
 
 
 @pytest.mark.parametrize(

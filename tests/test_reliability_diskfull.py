@@ -28,6 +28,7 @@ from pathlib import Path
 import keras
 import pytest
 import tensorflow as tf
+from helpers.speed_core2_poison import poison
 from helpers.tiny import tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
@@ -182,6 +183,7 @@ def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_noth
     # The save ends at the commit point; the rotation after it is tested below.
     points = points[: points.index("rename checkpoint") + 1]
 
+    probe = tiny_model(seed=4)  # restored into after each fault (built once, see `poison`)
     for k, point in enumerate(points, start=1):
         directory = tmp_path / f"fault-{k}"
         mgr = _open(directory, model, async_save, earlier)
@@ -207,9 +209,9 @@ def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_noth
         assert info is not None and info.step == 5
         _assert_only(directory, [*earlier, 5][-2:])
         assert (directory / "model.json").exists(), f"model.json lost ({point})"
-        fresh = tiny_model(seed=4)
-        restore(fresh, directory)
-        assert weights_equal(fresh, model)
+        poison(probe)
+        restore(probe, directory)
+        assert weights_equal(probe, model)
         shutil.rmtree(directory)
 
 

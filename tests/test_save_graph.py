@@ -58,19 +58,22 @@ class _AtEachSave(keras.callbacks.Callback):
         self.seen[step] = (self.model.predict(self.x, verbose=0), logs)
 
 
-def _fit(directory, save_graph: bool, epochs: int = 5):
+def _fit(directory, save_graph: bool, epochs: int = 5, record: bool = False):
+    """Trains a new `Net` into `directory`; `record`: also what it predicts at each save
+    (an evaluate and a predict per epoch, only for the tests that compare with it)."""
     x, y = _data()
     model = _net()
     seen = _AtEachSave(x, y)
     cb = RotatingCheckpoint(str(directory), max_to_keep=3, save_graph=save_graph)
-    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, callbacks=[cb, seen], verbose=0)
+    callbacks = [cb, seen] if record else [cb]
+    model.fit(x, y, batch_size=16, epochs=epochs, shuffle=False, callbacks=callbacks, verbose=0)
     return seen.seen, x, y
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("save_graph")
-    seen, x, y = _fit(root / "run", save_graph=True)
+    seen, x, y = _fit(root / "run", save_graph=True, record=True)
     return root, seen, x, y
 
 
