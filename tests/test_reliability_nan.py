@@ -15,6 +15,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from helpers.speed_core2_poison import poison
 
 from keras_ckpt import BestCheckpoint, CheckpointCallback, KeepBest, KeepLast, restore
 from keras_ckpt.policies import EveryEpoch
@@ -96,8 +97,9 @@ def test_best_checkpoint_never_replaces_a_good_model_with_a_diverged_one(
     if monitor == "val_binary_accuracy" and save_freq == "epoch":  # the diverged model scores
         assert max(history.history[monitor]) > 0.9 > history.history[monitor][0]  # better
     assert cb.checkpoints, "the good model was saved before the divergence"
+    probe = _classifier(seed=3)  # one model for every restore, poisoned (NaN) before each
     for info in cb.checkpoints:
-        probe = _classifier(seed=3)
+        poison(probe)
         restore(probe, info.path)
         assert _finite(probe), f"{info.path} holds a diverged model"
     assert np.isfinite(cb.best_value)
@@ -117,7 +119,8 @@ def test_a_keep_best_union_never_keeps_a_diverged_model_either(tmp_path):
     _fit(model, cb)
 
     assert [i.step for i in cb.checkpoints] == [4, 8]  # epochs 1-2; 3-4 diverged
+    probe = _classifier(seed=3)
     for info in cb.checkpoints:
-        probe = _classifier(seed=3)
+        poison(probe)
         restore(probe, info.path)
         assert _finite(probe)
