@@ -159,14 +159,21 @@ def _open(directory: Path, model, async_save: bool, earlier) -> CheckpointManage
     return mgr
 
 
+@pytest.fixture(scope="module")
+def trained_model() -> keras.Model:
+    """`tiny_model` after one epoch, trained once: the tests below only save and read it."""
+    model = tiny_model()
+    model.fit(*tiny_data(), batch_size=8, epochs=1, verbose=0)
+    return model
+
+
 @pytest.mark.parametrize("async_save", [False, True], ids=["sync", "async"])
 @pytest.mark.parametrize("earlier", [(), (1, 2)], ids=["first-save", "rotating-save"])
 def test_a_failure_at_any_file_operation_of_a_save_loses_nothing_and_leaves_nothing(
-    tmp_path, monkeypatch, async_save, earlier
+    tmp_path, monkeypatch, async_save, earlier, trained_model
 ):
     disk = FullDisk(monkeypatch)
-    model = tiny_model()
-    model.fit(*tiny_data(), batch_size=8, epochs=1, verbose=0)
+    model = trained_model
 
     # One save without a fault, counting the operations a save performs.
     with _open(tmp_path / "count", model, async_save, earlier) as mgr:
