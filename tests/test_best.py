@@ -5,8 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from helpers.speed_core2_poison import poison
-from helpers.tiny import SetLogs, tiny_data, tiny_model
+from helpers.tiny import SetLogs, poison, tiny_data, tiny_model
 
 from keras_ckpt import (
     BestCheckpoint,

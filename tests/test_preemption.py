@@ -62,16 +62,6 @@ def previous_handler():
     signal.signal(signal.SIGTERM, before)
 
 
-def _fit_model() -> keras.Model:
-    """`tiny_model`, stepping eagerly: these tests fit a few batches once, fewer than it takes
-    for tracing the train and test steps to pay off. The handler and the callbacks see the
-    same either way: the signals come from callbacks. (The subprocess tests below keep the
-    traced steps, where a signal can arrive in the middle of one.)"""
-    model = tiny_model()
-    model.run_eagerly = True
-    return model
-
-
 class _HandlerDuringFit(keras.callbacks.Callback):
     def __init__(self) -> None:
         super().__init__()
@@ -86,7 +76,7 @@ class _HandlerDuringFit(keras.callbacks.Callback):
 
 def test_no_handler_is_installed_without_the_flag(tmp_path, previous_handler):
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
     spy = _HandlerDuringFit()
     for cb in (
         RotatingCheckpoint(tmp_path / "rot", save_freq=2),
@@ -104,7 +94,7 @@ def test_no_handler_is_installed_without_the_flag(tmp_path, previous_handler):
 @pytest.mark.parametrize("preset", ["rotating", "timed", "general"])
 def test_fit_with_the_flag_gives_the_previous_handler_back(tmp_path, previous_handler, preset):
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
     spy = _HandlerDuringFit()
     run = tmp_path / "run"
     cb = {
@@ -163,7 +153,7 @@ def test_sigterm_after_a_crashed_fit_reaches_the_previous_handler(tmp_path, prev
     """A `fit` that raised never calls on_train_end: `cb.close()` (what the docs tell users
     to call then) gives SIGTERM back to the previous handler."""
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
 
     class Boom(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -251,7 +241,7 @@ def test_sigterm_in_the_last_batch_is_saved_at_train_end_with_one_line(
 ):
     """The final save is the preemption save; no keep policy would keep it (KeepBest)."""
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
 
     class TermAfterLastBatch(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -279,7 +269,7 @@ def test_sigterm_in_the_last_batch_is_saved_at_train_end_with_one_line(
 def test_sigterm_mid_epoch_in_a_keep_best_directory_saves_without_evaluating(tmp_path):
     """No `val_loss` at that batch, no time to evaluate: saved and kept all the same."""
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
 
     class Term(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -304,7 +294,7 @@ def test_sigterm_mid_epoch_in_a_keep_best_directory_saves_without_evaluating(tmp
 
 def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
     x, y = tiny_data()
-    model = _fit_model()
+    model = tiny_model(eager=True)
 
     class TermInValidation(keras.callbacks.Callback):
         def on_test_batch_end(self, batch, logs=None):

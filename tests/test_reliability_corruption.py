@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.speed_core2_poison import poison
-from helpers.tiny import SetLogs, tiny_data, tiny_model, weights_equal
+from helpers.tiny import SetLogs, poison, tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
     BestCheckpoint,

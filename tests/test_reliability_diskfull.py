@@ -28,8 +28,7 @@ from pathlib import Path
 import keras
 import pytest
 import tensorflow as tf
-from helpers.speed_core2_poison import poison
-from helpers.tiny import tiny_data, tiny_model, weights_equal
+from helpers.tiny import poison, tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
     CheckpointError,

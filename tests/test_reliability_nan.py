@@ -15,7 +15,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from helpers.speed_core2_poison import poison
+from helpers.tiny import poison
 
 from keras_ckpt import BestCheckpoint, CheckpointCallback, KeepBest, KeepLast, restore
 from keras_ckpt.policies import EveryEpoch

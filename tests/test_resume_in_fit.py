@@ -39,14 +39,6 @@ def _assert_equal_weights(actual, expected):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
 
 
-def _eager_tiny_model() -> keras.Model:
-    """`tiny_model`, stepping eagerly: for a fit of two batches, tracing the step costs more
-    than the batches; resuming restores the same variables either way."""
-    model = tiny_model()
-    model.run_eagerly = True
-    return model
-
-
 def _run(fresh, *args: str) -> subprocess.CompletedProcess:
     """The worker in a new process (forked from the session's zygote: `helpers.fresh`)."""
     return fresh.run([str(WORKER), *args], timeout=300, text=False)
@@ -162,7 +154,7 @@ def test_empty_or_missing_directory_starts_from_scratch(tmp_path):
     x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
     (tmp_path / "empty").mkdir()
     for name in ("empty", "missing"):
-        model = _eager_tiny_model()
+        model = tiny_model(eager=True)
         cb = RotatingCheckpoint(tmp_path / name, resume=True)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -175,7 +167,7 @@ def test_two_resuming_callbacks_in_one_fit_raise(tmp_path):
     x, y = np.ones((8, 4), "float32"), np.ones((8, 1), "float32")
     first = RotatingCheckpoint(tmp_path / "a", resume=True)
     second = CheckpointCallback(tmp_path / "b", save=EveryNSteps(1), keep=KeepLast(1), resume=True)
-    model = _eager_tiny_model()
+    model = tiny_model(eager=True)
     with pytest.raises(ValueError, match="resume=True"):
         model.fit(x, y, batch_size=4, callbacks=[first, second], verbose=0)
     first.close()

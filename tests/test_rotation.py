@@ -43,21 +43,13 @@ class RecordWeights(keras.callbacks.Callback):
         self.at[step] = [np.array(w) for w in self.model.get_weights()]
 
 
-def _eager(model):
-    """`model`, stepping eagerly: these tests fit a few batches once, fewer than it takes for
-    tracing the train step to pay off; the checkpoints hold the same variables either way.
-    (The async test keeps the traced step: its writes overlap the steps that follow.)"""
-    model.run_eagerly = True
-    return model
-
-
 def _data_files(directory):
     return sorted(p.name for p in directory.glob("*.data-*"))
 
 
 def test_rotation_every_n_batches_keeps_newest_and_names_steps_by_iterations(tmp_path):
     x, y = tiny_data()
-    model = _eager(tiny_model())
+    model = tiny_model(eager=True)
     cb = RotatingCheckpoint(tmp_path / "run", max_to_keep=2, save_freq=3)
     model.fit(x, y, batch_size=8, epochs=4, callbacks=[cb], verbose=0)  # 16 steps
 
@@ -76,14 +68,14 @@ def test_rotation_every_n_batches_keeps_newest_and_names_steps_by_iterations(tmp
 def test_final_step_is_saved_once_when_it_falls_on_a_save_point(tmp_path):
     x, y = tiny_data()
     cb = RotatingCheckpoint(tmp_path / "run", max_to_keep=10, save_freq=4)
-    _eager(tiny_model()).fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)  # 8 steps
+    tiny_model(eager=True).fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)  # 8 steps
     assert [i.step for i in cb.checkpoints] == [4, 8]
 
 
 def test_epoch_rotation_records_epoch_and_metrics(tmp_path):
     x, y = tiny_data()
     cb = RotatingCheckpoint(tmp_path / "run", max_to_keep=3)
-    _eager(tiny_model()).fit(
+    tiny_model(eager=True).fit(
         x, y, batch_size=8, epochs=4, validation_split=0.25, callbacks=[cb], verbose=0
     )
     kept = list_checkpoints(tmp_path / "run")
@@ -98,7 +90,7 @@ def test_timed_checkpoint_saves_inside_a_long_epoch(tmp_path, fake_clock):
     x, y = tiny_data(64)
     cb = TimedCheckpoint(tmp_path / "timed", every_seconds=0.15)
     sleep = Sleep(0.03, fake_clock)
-    _eager(tiny_model()).fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
+    tiny_model(eager=True).fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
 
     steps = [i.step for i in cb.checkpoints]
     inside = [s for s in steps if s < 16]
@@ -111,7 +103,7 @@ def test_timed_checkpoint_max_to_keep(tmp_path, fake_clock):
     x, y = tiny_data(64)
     cb = TimedCheckpoint(tmp_path / "timed", every_seconds=0.05, max_to_keep=2)
     sleep = Sleep(0.03, fake_clock)
-    _eager(tiny_model()).fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
+    tiny_model(eager=True).fit(x, y, batch_size=4, epochs=1, callbacks=[sleep, cb], verbose=0)
     assert len(cb.checkpoints) == 2
     assert len(_data_files(tmp_path / "timed")) == 2
 
@@ -150,7 +142,7 @@ def test_rotating_keep_every_n_hours_through_fit(tmp_path, fake_clock):
     cb = RotatingCheckpoint(
         tmp_path / "r", max_to_keep=1, save_freq=1, keep_every_n_hours=0.2 / 3600
     )
-    _eager(tiny_model()).fit(
+    tiny_model(eager=True).fit(
         x, y, batch_size=4, epochs=1, callbacks=[Sleep(0.04, fake_clock), cb], verbose=0
     )
     kept = cb.checkpoints
@@ -162,7 +154,7 @@ def test_rotating_keep_every_n_hours_through_fit(tmp_path, fake_clock):
 
 def test_tensorflow_reads_what_we_write(tmp_path):
     x, y = tiny_data()
-    model = _eager(tiny_model())
+    model = tiny_model(eager=True)
     cb = RotatingCheckpoint(tmp_path / "run", max_to_keep=2)
     model.fit(x, y, batch_size=8, epochs=3, callbacks=[cb], verbose=0)
 
@@ -210,7 +202,7 @@ def test_async_checkpoint_holds_exactly_the_weights_of_its_step(tmp_path):
 
 def test_save_optimizer_false_writes_model_variables_only(tmp_path):
     x, y = tiny_data()
-    model = _eager(tiny_model(width=64))
+    model = tiny_model(width=64, eager=True)
     with_opt = RotatingCheckpoint(tmp_path / "full", max_to_keep=1)
     without = RotatingCheckpoint(tmp_path / "lean", max_to_keep=1, save_optimizer=False)
     model.fit(x, y, batch_size=8, epochs=1, callbacks=[with_opt, without], verbose=0)
@@ -238,7 +230,7 @@ def test_uncompiled_model_in_a_custom_loop_counts_its_own_steps(tmp_path):
 def test_no_temporary_files_remain_after_training(tmp_path, kwargs):
     x, y = tiny_data()
     cb = RotatingCheckpoint(tmp_path / "run", **kwargs)
-    _eager(tiny_model()).fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)
+    tiny_model(eager=True).fit(x, y, batch_size=8, epochs=2, callbacks=[cb], verbose=0)
     leftovers = [p.name for p in (tmp_path / "run").iterdir() if "tmp" in p.name]
     assert leftovers == []
 

@@ -10,8 +10,14 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def tiny_model(width: int = 8, out: int = 1, compile: bool = True, seed: int = 0) -> keras.Model:
-    """A small dense regressor with named layers `body` and `head`."""
+def tiny_model(
+    width: int = 8, out: int = 1, compile: bool = True, seed: int = 0, eager: bool = False
+) -> keras.Model:
+    """A small dense regressor with named layers `body` and `head`.
+
+    `eager`: `fit` steps without tracing the train step, for tests that fit a few batches once
+    (tracing costs more than those steps); the checkpoints hold the same variables either way.
+    """
     keras.utils.set_random_seed(seed)
     model = keras.Sequential(
         [
@@ -21,7 +27,9 @@ def tiny_model(width: int = 8, out: int = 1, compile: bool = True, seed: int = 0
         ]
     )
     if compile:
-        model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"])
+        model.compile(
+            optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["mae"], run_eagerly=eager
+        )
     return model
 
 
@@ -30,6 +38,16 @@ def tiny_data(n: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     x = rng.random((n, 4)).astype("float32")
     y = (x @ np.array([[1.0], [-2.0], [0.5], [3.0]], dtype="float32")).astype("float32")
     return x, y
+
+
+def poison(model: keras.Model) -> None:
+    """Sets every weight of `model` to NaN.
+
+    Building a model for each restore costs more than the restore itself; reusing one is as
+    strict only if a restore that reads nothing (or only some weights) cannot pass because
+    of what the previous restore left behind. After this, it cannot: NaN equals nothing.
+    """
+    model.set_weights([np.full_like(w, np.nan) for w in model.get_weights()])
 
 
 def weights_equal(a: keras.Model, b: keras.Model) -> bool:
