@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from keras_ckpt.writer import lower_priority
+from keras_ckpt._threads import lower_priority, wait_for
 
 __all__ = ["HostBuffers"]
 
@@ -127,4 +127,4 @@ class HostBuffers:
         """Waits until no thread touches the arena any more (before copying into it)."""
         thread, self._mapping = self._mapping, None
         if thread is not None:
-            thread.join()
+            wait_for(thread)

@@ -41,6 +41,7 @@ from keras_ckpt._layout import (
     temp_dir_name,
 )
 from keras_ckpt._statefile import STATE, format_state
+from keras_ckpt._threads import wait_for
 from keras_ckpt.info import CheckpointInfo, prefix_name, to_json
 
 logger = logging.getLogger(__name__)
@@ -272,7 +273,7 @@ class CheckpointDirectory:
         """Waits for the background deletion of `delete`, if one is running."""
         thread, self._deleting = self._deleting, None
         if thread is not None:
-            thread.join()
+            wait_for(thread)
 
     def write_model_json(self, text: str) -> None:
         path = _fs.join(self.path, MODEL_JSON)

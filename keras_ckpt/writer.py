@@ -8,10 +8,10 @@ write in flight; its error is kept and re-raised by `check`.
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable
+
+from keras_ckpt._threads import lower_priority, wait_for
 
 
 class SyncWriter:
@@ -31,24 +31,6 @@ class SyncWriter:
         return False
 
 
-_BACKGROUND_NICE = 19
-
-
-def lower_priority() -> None:
-    """Lets the training threads have the CPU first: renices this thread (Linux only).
-
-    On Linux every thread has its own nice value and the threads it starts inherit it, so
-    the write, its copies and its flushing run on the cycles training leaves idle. Elsewhere
-    `setpriority` would apply to the whole process, so nothing is done there.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _BACKGROUND_NICE)
-    except OSError:  # not permitted in this sandbox: keep the default priority
-        pass
-
-
 class AsyncWriter:
     """Runs each write on a background thread; at most one in flight.
 
@@ -61,8 +43,7 @@ class AsyncWriter:
         self._error: BaseException | None = None
 
     def _run(self, job: Callable[[], None]) -> None:
-        if _BACKGROUND_NICE:
-            lower_priority()
+        lower_priority()
         try:
             job()
         except BaseException as exc:  # re-raised on the training thread by check()
@@ -79,7 +60,7 @@ class AsyncWriter:
     def wait(self) -> None:
         thread, self._thread = self._thread, None
         if thread is not None:
-            thread.join()
+            wait_for(thread)
 
     def check(self) -> None:
         error, self._error = self._error, None

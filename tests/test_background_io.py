@@ -10,7 +10,7 @@ import time
 import pytest
 from helpers.tiny import tiny_model
 
-from keras_ckpt import CheckpointManager, KeepLast, _fs
+from keras_ckpt import CheckpointManager, KeepLast, _fs, _threads
 from keras_ckpt.writer import AsyncWriter
 
 
@@ -33,20 +33,59 @@ def test_flushing_survives_files_that_come_and_go_and_stops_its_thread(tmp_path)
     assert leftover == []
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice is Linux's")
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice: Linux")
+PERMITTED = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or not _threads.may_raise_priority(),
+    reason="this process may not raise a thread's priority again (RLIMIT_NICE)",
+)
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@PERMITTED
 def test_background_writes_run_at_a_lower_priority_than_training():
     seen = []
-
-    def job():
-        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-    before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    before = _nice()
     writer = AsyncWriter()
-    writer.submit(job)
+    writer.submit(lambda: seen.append(_nice()))
     writer.wait()
     writer.check()
     assert seen == [19]
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    assert _nice() == before
+
+
+@PERMITTED
+def test_a_write_waited_for_runs_at_the_waiters_priority():
+    """Priority inversion: at nice 19 a write the training thread waits for would run only
+    when every other busy process of the machine lets it (measured: seconds)."""
+    seen = []
+
+    def job():
+        seen.append(_nice())
+        deadline = time.monotonic() + 10
+        while _nice() == 19 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        seen.append(_nice())
+
+    before = _nice()
+    writer = AsyncWriter()
+    writer.submit(job)
+    writer.wait()  # the waiter: it gives the write its own priority
+    writer.check()
+    assert seen == [19, before]
+
+
+@LINUX
+def test_where_priority_cannot_be_raised_again_background_writes_keep_it(monkeypatch):
+    monkeypatch.setattr(_threads, "may_raise_priority", lambda: False)
+    seen = []
+    before = _nice()
+    writer = AsyncWriter()
+    writer.submit(lambda: seen.append(_nice()))
+    writer.wait()
+    assert seen == [before]
 
 
 def test_deleted_checkpoints_vanish_at_once_and_their_unlinking_finishes_by_close(tmp_path):
