@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers.tiny import tiny_data, tiny_model, weights_equal
+from helpers.tiny import poison, tiny_data, tiny_model, weights_equal
 
 from keras_ckpt import (
     CheckpointManager,
@@ -185,13 +185,12 @@ def test_async_checkpoint_holds_exactly_the_weights_of_its_step(tmp_path):
     kept = cb.checkpoints
     assert [i.step for i in kept] == [3 * k for k in range(1, 11)] + [32]
     # One model restores every async checkpoint, one every sync one (a build per restore cost
-    # more than the restores). Before each restore their weights are set to values the
-    # checkpoint cannot hold, so a weight the restore missed fails the comparisons.
+    # more than the restores), each poisoned (NaN) first: a weight a restore missed fails.
     fresh, twin = tiny_model(seed=7), tiny_model(seed=8)
     for info in kept:
         recorded = rec.at[info.step]
-        fresh.set_weights([w + 1 for w in recorded])
-        twin.set_weights([w + 2 for w in recorded])
+        poison(fresh)
+        poison(twin)
         restore(fresh, info.path)
         for saved, want in zip(fresh.get_weights(), recorded, strict=True):
             np.testing.assert_array_equal(saved, want)
