@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import pytest
+
+# Nothing here imports TensorFlow at module level: pytest-xdist's controller process loads
+# this file before it starts the workers, and has no use for TensorFlow (its import is
+# about 3.5 s of one core before any worker starts). Fixtures import what they need.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from helpers.tiny import tiny_data  # noqa: E402
+if TYPE_CHECKING:
+    import keras
+    import numpy as np
 
 
 @pytest.fixture
 def data():
+    from helpers.tiny import tiny_data
+
     return tiny_data()
 
 
