@@ -5,10 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import queue
 import random
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -18,6 +16,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers.fresh import Lines
 from helpers.tiny import tiny_data, tiny_model
 
 from keras_ckpt import (
@@ -320,85 +319,41 @@ def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
 # -- a subprocess trainer (acceptance 3) ---------------------------------------------------------
 
 
-class _Zygote:
-    """`helpers/preempt_worker.py`: forks trainers on request; its stdout in a queue."""
-
-    def __init__(self) -> None:
-        paths = (str(HERE), os.environ.get("PYTHONPATH", ""))  # helpers.zygote importable
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "helpers/preempt_worker.py")],
-            env=dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p)),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self.running: set[int] = set()  # trainers forked and not reaped yet
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            if line.startswith("pid "):  # the zygote forked a trainer
-                self.running.add(int(line.split()[1]))
-            self.lines.put(line.strip())
-        self.lines.put("EOF")
-
-    def send(self, line: str) -> None:
-        self.seen = []  # the lines since the last command
-        if line.startswith("wait "):
-            self.running.discard(int(line.split()[1]))
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, prefix: str, timeout: float = 120.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            self.seen.append(line)
-            if line.startswith(prefix):
-                return line[len(prefix) :].strip()
-            assert line != "EOF", f"worker ended while waiting for {prefix!r}"
-
-    def reset(self) -> None:
-        """Between tests: ends the trainers a failed test left running, drops unread lines."""
-        for pid in list(self.running):
-            os.kill(pid, signal.SIGKILL)
-            self.send(f"wait {pid}")
-            self.expect(f"exit {pid}")
-        while not self.lines.empty():
-            self.lines.get_nowait()
-
-    def close(self) -> None:
-        # Killed rather than told to quit: a clean exit (TensorFlow's teardown) takes over a
-        # second, and the zygote has nothing to finish: it ran no TensorFlow op and `reset`
-        # reaped every trainer.
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def _zygote_process():
-    """One zygote for the module's subprocess tests: starting one (importing TensorFlow)
-    costs seconds; each trainer is a fresh fork of it all the same."""
-    zygote = _Zygote()
-    yield zygote
-    zygote.close()
+def _start_trainer(fresh, args: dict, log: Path) -> Lines:
+    """A trainer (`helpers/preempt_worker.py`) forked from the session's zygote
+    (`helpers.fresh`); its stderr goes to `log`."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
+    child = fresh.start(
+        [HERE / "helpers/preempt_worker.py", json.dumps(args)], env=env, stderr=log
+    )
+    return Lines(child, log)
 
 
 @pytest.fixture
-def zygote(_zygote_process):
-    yield _zygote_process
-    _zygote_process.reset()
+def trainers(fresh, tmp_path):
+    """Starts trainers (`trainers(args)`); ends those a failed test left running."""
+    started: list[Lines] = []
+
+    def start(args: dict) -> Lines:
+        started.append(_start_trainer(fresh, args, tmp_path / f"trainer-{len(started)}.log"))
+        return started[-1]
+
+    yield start
+    for trainer in started:
+        trainer.child.kill()  # nothing if it ended
+        trainer.child.wait()
 
 
-def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -> int:
-    done = json.loads(zygote.expect("done"))
+def _said(trainer: Lines, prefix: str) -> str:
+    """What follows `prefix` on the trainer's next line that starts with it."""
+    return trainer.expect(prefix)[1][len(prefix) :].strip()
+
+
+def _check_preempted_run(run: Path, trainer: Lines, sent_at: float) -> int:
+    done = json.loads(_said(trainer, "done"))
     assert done["returned_at"] - sent_at < 10  # well within a 30 s grace period
     _LATENCIES.append(done["returned_at"] - sent_at)
-    zygote.send(f"wait {pid}")
-    assert zygote.expect(f"exit {pid}") == "0"  # fit returned normally
+    assert trainer.finish()[0] == 0  # fit returned normally
     step = done["iterations"]
     assert done["stop_training"] and done["handler_restored"]
     assert 0 < step < 36  # stopped early, at the batch the signal arrived in
@@ -421,7 +376,7 @@ def _check_preempted_run(run: Path, zygote: _Zygote, pid: int, sent_at: float) -
 
 
 @pytest.mark.slow
-def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path, zygote):
+def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path, trainers):
     rng = random.Random(os.environ.get("PREEMPT_SEED"))
     stopped = []
     # three signals between save points (a random step, at a random moment of its end)
@@ -429,30 +384,30 @@ def test_sigterm_at_random_times_saves_the_step_and_fit_returns(tmp_path, zygote
     targets = [rng.choice([s for s in range(1, 36) if s % 5]) for _ in range(3)] + [None]
     for round_, target in enumerate(targets):
         run = tmp_path / f"run{round_}"
-        zygote.send("run " + json.dumps({"dir": str(run), "batch_seconds": 0.03}))
-        pid = int(zygote.expect("training"))
+        trainer = trainers({"dir": str(run), "batch_seconds": 0.03})
+        pid = int(_said(trainer, "training"))
         if target is None:
             time.sleep(rng.uniform(0.0, 0.8))
         else:
-            zygote.expect(f"step {target}")
+            trainer.expect(f"step {target}")
             time.sleep(rng.uniform(0.0, 0.01))
         sent_at = time.time()
         os.kill(pid, signal.SIGTERM)
-        step = _check_preempted_run(run, zygote, pid, sent_at)
+        step = _check_preempted_run(run, trainer, sent_at)
         assert target is None or target <= step <= target + 1
         stopped.append(step)
 
     # during a background write: the preemption save waits for it, then saves its step
     run = tmp_path / "async"
     args = {"dir": str(run), "async": True, "slow_commit": 1.0, "batch_seconds": 0.03}
-    zygote.send("run " + json.dumps(args))
-    pid = int(zygote.expect("training"))
-    assert zygote.expect("writing") == "5"  # in flight for a second from now
-    if "step 6" not in zygote.seen:
-        zygote.expect("step 6")
+    trainer = trainers(args)
+    pid = int(_said(trainer, "training"))
+    assert _said(trainer, "writing") == "5"  # in flight for a second from now
+    if "step 6" not in trainer.seen:
+        trainer.expect("step 6")
     sent_at = time.time()
     os.kill(pid, signal.SIGTERM)
-    step = _check_preempted_run(run, zygote, pid, sent_at)
+    step = _check_preempted_run(run, trainer, sent_at)
     assert 5 < step < 10 and _steps(run) == [5, step]
     assert "preempted" not in _record(run, 5)
     print("targets", targets, "preempted at steps", stopped, "and", step, "(async)")
@@ -463,15 +418,13 @@ _HAS_RESUME = "resume" in inspect.signature(RotatingCheckpoint).parameters
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(_zygote_process, tmp_path_factory) -> Path:
+def uninterrupted(fresh, tmp_path_factory) -> Path:
     """The final weights of the run no signal interrupts (the same for both relaunch tests)."""
-    zygote = _zygote_process
     reference = tmp_path_factory.mktemp("preemption") / "reference"
-    zygote.send("run " + json.dumps({"dir": str(reference), "batch_seconds": 0}))
-    pid = int(zygote.expect("pid"))
-    assert json.loads(zygote.expect("done"))["iterations"] == 36
-    zygote.send(f"wait {pid}")
-    assert zygote.expect(f"exit {pid}") == "0"
+    args = {"dir": str(reference), "batch_seconds": 0}
+    trainer = _start_trainer(fresh, args, reference.with_name("trainer.log"))
+    assert json.loads(_said(trainer, "done"))["iterations"] == 36
+    assert trainer.finish()[0] == 0
     return Path(str(reference) + ".final.npz")
 
 
@@ -479,26 +432,21 @@ def uninterrupted(_zygote_process, tmp_path_factory) -> Path:
 @pytest.mark.skipif(not _HAS_RESUME, reason="needs RotatingCheckpoint(resume=True)")
 @pytest.mark.parametrize("async_save", [False, True])
 def test_relaunch_after_sigterm_ends_like_the_uninterrupted_run(
-    tmp_path, async_save, zygote, uninterrupted
+    tmp_path, async_save, trainers, uninterrupted
 ):
     """The same command starts the run, is stopped by SIGTERM, and continues it exactly."""
     rng = random.Random(os.environ.get("PREEMPT_SEED"))
     run = tmp_path / "run"
-    command = "run " + json.dumps(
-        {"dir": str(run), "resume": True, "async": async_save, "batch_seconds": 0.03}
-    )
-    zygote.send(command)
-    pid = int(zygote.expect("pid"))
+    command = {"dir": str(run), "resume": True, "async": async_save, "batch_seconds": 0.03}
+    trainer = trainers(command)
     target = rng.choice([s for s in range(2, 36) if s % 5])  # between save points
-    zygote.expect(f"step {target}")
-    os.kill(pid, signal.SIGTERM)
-    stopped = _check_preempted_run(run, zygote, pid, time.time())
+    trainer.expect(f"step {target}")
+    trainer.child.terminate()  # SIGTERM
+    stopped = _check_preempted_run(run, trainer, time.time())
 
-    zygote.send(command)  # the relaunch: the same command
-    pid = int(zygote.expect("pid"))
-    assert json.loads(zygote.expect("done"))["iterations"] == 36
-    zygote.send(f"wait {pid}")
-    assert zygote.expect(f"exit {pid}") == "0"
+    trainer = trainers(command)  # the relaunch: the same command
+    assert json.loads(_said(trainer, "done"))["iterations"] == 36
+    assert trainer.finish()[0] == 0
     final = np.load(str(run) + ".final.npz")
     expected = np.load(uninterrupted)
     for name in expected.files:

@@ -1,11 +1,12 @@
 """Crash safety: SIGKILL a process that checkpoints a >100 MB model every batch, again and again.
 
-Each round starts a worker process (forked by ``helpers/crash_worker.py``, which imported
-TensorFlow once) on the same directory; it resumes from the newest checkpoint, trains a model
-of 113 MB (weights + Adam), saves every batch (sync or async) and is SIGKILLed at a random moment
-in the 1.2 s after its first committed save; with sync saves, half of the kills instead
-fall anywhere in its next save point (a training step between two saves otherwise takes a
-good part of the time; an async worker's background writer is busy nearly all the time).
+Each round starts a worker process (``helpers/crash_worker.py``, forked from the session's
+zygote that imported TensorFlow once, `helpers.fresh`) on the same directory; it resumes
+from the newest checkpoint, trains a model of 113 MB (weights + Adam), saves every batch
+(sync or async) and is SIGKILLed at a random moment in the 1.2 s after its first committed
+save; with sync saves, half of the kills instead fall anywhere in its next save point (a
+training step between two saves otherwise takes a good part of the time; an async worker's
+background writer is busy nearly all the time).
 After every kill the test checks what a user relies on:
 
 - the ``checkpoint`` state file names only complete checkpoints, and
@@ -23,7 +24,7 @@ files. Kills that landed in the middle of a write are counted from the evidence 
 name yet or any more, a temporary state file).
 
 A second test kills a worker at each exact window of a commit (see
-``_crash_worker.CRASH_POINTS``), so that every window is covered on every run, not only
+``helpers.crash_worker.CRASH_POINTS``), so that every window is covered on every run, not only
 those the random kills happen to hit.
 """
 
@@ -31,19 +32,16 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import random
 import shutil
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import tensorflow as tf
 from helpers.crash_worker import CRASH_POINTS, build_model
+from helpers.fresh import Lines
 
 from keras_ckpt import CheckpointManager, KeepLast, list_checkpoints, restore
 from keras_ckpt._layout import scan
@@ -55,87 +53,21 @@ MAX_DELAY = 1.2  # seconds after the worker's first committed step (half of the 
 SIDECARS = {"checkpoint", ".lock", "model.json", "history.jsonl"}
 
 
-class Zygote:
-    """The ``helpers/crash_worker.py`` process: forks workers on request; its stdout in a queue."""
-
-    def __init__(self) -> None:
-        env = dict(os.environ)
-        paths = (str(ROOT), str(ROOT / "tests"), env.get("PYTHONPATH", ""))  # + helpers.zygote
-        env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
-        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        self.proc = subprocess.Popen(
-            [sys.executable, str(WORKER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=env,
-            text=True,
-        )
-        self.lines: queue.Queue[tuple[float, str | None]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self.log: Path | None = None
-        self.expect("ready", timeout=300)
-
-    def _read(self) -> None:
-        for line in self.proc.stdout:
-            self.lines.put((time.monotonic(), line.strip()))
-        self.lines.put((time.monotonic(), None))
-
-    def _send(self, line: str) -> None:
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
-
-    def expect(self, prefix: str, timeout: float = 120.0) -> tuple[float, str, list[str]]:
-        """Waits for a line starting with `prefix`; returns when, it, and the lines before."""
-        seen: list[str] = []
-        self.last_seen: dict[str, float] = {}
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                at, line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                line = ""
-            if line is None or not line:
-                log = self.log.read_text(errors="replace")[-3000:] if self.log else ""
-                pytest.fail(f"no {prefix!r} from the worker; got {seen[-5:]}; stderr:\n{log}")
-            if line.startswith(prefix):
-                return at, line, seen
-            seen.append(line)
-            self.last_seen[line.split()[0]] = at
-
-    def run(
-        self,
-        directory: Path,
-        mode: str,
-        log: Path,
-        clean: bool = False,
-        small: bool = False,
-        crash_at: str | None = None,
-    ) -> int:
-        self.log = log
-        job = {"dir": str(directory), "mode": mode, "log": str(log), "clean": clean}
-        self._send("run " + json.dumps({**job, "small": small, "crash_at": crash_at}))
-        return int(self.expect("pid ")[1].split()[1])
-
-    def reap(self, pid: int) -> tuple[int, list[str]]:
-        """Waits for worker `pid` to end; its exit code and its lines not read yet."""
-        self._send(f"wait {pid}")
-        _, line, seen = self.expect(f"exit {pid} ")
-        return int(line.split()[2]), seen
-
-    def close(self) -> None:
-        # Killed rather than told to quit: a clean exit (TensorFlow's teardown) takes over a
-        # second, and the zygote has nothing to finish: it ran no TensorFlow op and each test
-        # reaps its workers.
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def zygote():
-    zygote = Zygote()
-    yield zygote
-    zygote.close()
+def _start(
+    fresh,
+    directory: Path,
+    mode: str,
+    log: Path,
+    clean: bool = False,
+    small: bool = False,
+    crash_at: str | None = None,
+) -> Lines:
+    """A worker (`helpers/crash_worker.py`) forked from the session's zygote
+    (`helpers.fresh`): returns once it runs; its lines come as it prints them."""
+    job = {"dir": str(directory), "mode": mode, "clean": clean, "small": small}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    child = fresh.start([WORKER, json.dumps({**job, "crash_at": crash_at})], env=env, stderr=log)
+    return Lines(child, log)
 
 
 def _state_names(directory: Path) -> list[str]:
@@ -196,7 +128,7 @@ def _check_opened_cleanly(begin_line: str, complete_before: list[int], directory
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["sync", "async"])
-def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path, mode, zygote):
+def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path, mode, fresh):
     seed = int(os.environ.get("KERAS_CKPT_KILL_SEED", time.time_ns() % 2**32))
     rng = random.Random(seed)
     directory = tmp_path / "run"
@@ -204,22 +136,22 @@ def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path,
     started = time.monotonic()
     mid_write, stats = 0, []
     complete: list[int] = []
-    pid = zygote.run(directory, mode, tmp_path / "worker-0.log")
+    worker = _start(fresh, directory, mode, tmp_path / "worker-0.log")
     try:
         for k in range(KILLS_PER_MODE):
             if k:
-                _, line, _ = zygote.expect("begin")
+                _, line = worker.expect("begin")
                 _check_opened_cleanly(line, complete, directory)
-            at, _, _ = zygote.expect("committed")
+            at, _ = worker.expect("committed")
             if mode == "async" or rng.random() < 0.5:  # anywhere in the next 1.2 s
                 delay = rng.uniform(0.0, MAX_DELAY)
             else:  # sync: anywhere in the next save point (as long as the one just measured)
-                took = at - zygote.last_seen["saving"]
-                at, _, _ = zygote.expect("saving")
+                took = at - worker.last_seen["saving"]
+                at, _ = worker.expect("saving")
                 delay = rng.uniform(0.0, took)
             time.sleep(max(0.0, at + delay - time.monotonic()))
-            os.kill(pid, signal.SIGKILL)
-            code, lines = zygote.reap(pid)
+            worker.child.kill()
+            code, lines = worker.finish()
             log = (tmp_path / f"worker-{k}.log").read_text(errors="replace")[-3000:]
             assert code == -signal.SIGKILL, f"the worker ended by itself ({code}):\n{log}"
             acked = [int(x.split()[1]) for x in lines if x.startswith("committed")]
@@ -228,18 +160,17 @@ def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path,
             frozen = tmp_path / f"after-kill-{k}"
             shutil.copytree(directory, frozen, copy_function=os.link)
             last = k == KILLS_PER_MODE - 1
-            pid = zygote.run(directory, mode, tmp_path / f"worker-{k + 1}.log", clean=last)
+            worker = _start(fresh, directory, mode, tmp_path / f"worker-{k + 1}.log", clean=last)
             evidence = _evidence_of_a_write(frozen)
             mid_write += bool(evidence)
             complete = _check_after_kill(frozen, model, max(acked, default=None))
             shutil.rmtree(frozen)
             stats.append((round(delay, 2), evidence[:1], complete))
 
-        _, line, _ = zygote.expect("begin")
+        _, line = worker.expect("begin")
         _check_opened_cleanly(line, complete, directory)
-        zygote.expect("done")
-        assert zygote.reap(pid)[0] == 0
-        pid = None
+        worker.expect("done")
+        assert worker.finish()[0] == 0
         kept = list_checkpoints(directory)
         assert len(kept) == 2
         files = {n for i in kept for n in os.listdir(directory) if n.split(".")[0] == i.name}
@@ -247,12 +178,8 @@ def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path,
         assert tf.train.latest_checkpoint(str(directory)) == kept[-1].path
         assert restore(model, directory).step == kept[-1].step == max(complete) + 8
     finally:
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            zygote.reap(pid)
+        worker.child.kill()  # nothing if it was reaped already
+        worker.child.wait()
         shutil.rmtree(tmp_path, ignore_errors=True)  # about 0.5 GB of checkpoints
     seconds = time.monotonic() - started
     report = (
@@ -264,11 +191,11 @@ def test_sigkill_at_random_moments_never_loses_or_damages_a_checkpoint(tmp_path,
 
 
 @pytest.mark.parametrize("point", sorted(CRASH_POINTS))
-def test_sigkill_at_each_step_of_a_commit_leaves_a_consistent_directory(tmp_path, point, zygote):
+def test_sigkill_at_each_step_of_a_commit_leaves_a_consistent_directory(tmp_path, point, fresh):
     """The same checks, with the worker killing itself at one exact instant of its third save."""
     directory = tmp_path / "run"
-    pid = zygote.run(directory, "sync", tmp_path / "worker.log", small=True, crash_at=point)
-    code, lines = zygote.reap(pid)
+    worker = _start(fresh, directory, "sync", tmp_path / "worker.log", small=True, crash_at=point)
+    code, lines = worker.finish()
     assert code == -signal.SIGKILL, f"the worker did not reach {point} ({code})"
     acked = [int(x.split()[1]) for x in lines if x.startswith("committed")]
     assert max(acked) == 2  # the third save was the one interrupted

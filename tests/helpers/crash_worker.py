@@ -1,28 +1,20 @@
-"""The process tree the kill test SIGKILLs: trains a >100 MB model, checkpointing every batch.
+"""The worker the kill test SIGKILLs: trains a >100 MB model, checkpointing every batch.
 
-Run as ``python crash_worker.py``: a *zygote* that imports TensorFlow once (importing it
-costs seconds; the test needs 20+ fresh processes) but runs no TensorFlow op, then serves
-commands from stdin, one per line, and answers on stdout:
+Run as ``python crash_worker.py '{json}'`` (the test forks it from the session's zygote,
+`helpers.fresh`): trains on ``dir`` (``mode``: ``"sync"`` or ``"async"`` saves; ``clean``:
+train one epoch and exit; ``small``: a small model; ``crash_at``: SIGKILL itself at that
+point of its third save, see `CRASH_POINTS`) and prints (flushed, one line each, in one
+`write`, so a SIGKILL never splits one):
 
-- ``run {json}``: forks a worker that trains on ``dir`` (``mode``: ``"sync"`` or ``"async"``
-  saves; ``clean``: train one epoch and exit; ``log``: its stderr; ``small``: a small model;
-  ``crash_at``: SIGKILL itself at that point of its third save, see `CRASH_POINTS`); the
-  zygote answers ``pid N``. The worker, a fresh process that first initialises TensorFlow,
-  prints (flushed, one line each):
-
-  - ``begin {json}``: training began and the callback has opened DIR (lock, cleanup of
-    leftovers). The JSON: ``names`` (every entry of DIR then), ``kept`` (the callback's kept
-    steps), ``tf_latest`` (what ``tf.train.latest_checkpoint`` said), ``resumed`` (the step
-    restored from, or null).
-  - ``saving``: a batch ended; the checkpoint callback's save point starts now.
-  - ``committed N``: after a batch, step N, saved by this worker, is committed (named by the
-    state file): with ``sync`` the save just returned; with ``async`` the previous write, which
-    every save waits for. Step N, or a newer one, must survive any later kill.
-  - ``done``: training ended normally (``clean``: one epoch, then exit 0).
-
-- ``wait N``: reaps worker N (after the test killed it or it ended); answers ``exit N CODE``
-  (a negative CODE is the signal that ended it). All lines of worker N come before this one.
-- ``quit``.
+- ``begin {json}``: training began and the callback has opened DIR (lock, cleanup of
+  leftovers). The JSON: ``names`` (every entry of DIR then), ``kept`` (the callback's kept
+  steps), ``tf_latest`` (what ``tf.train.latest_checkpoint`` said), ``resumed`` (the step
+  restored from, or null).
+- ``saving``: a batch ended; the checkpoint callback's save point starts now.
+- ``committed N``: after a batch, step N, saved by this worker, is committed (named by the
+  state file): with ``sync`` the save just returned; with ``async`` the previous write, which
+  every save waits for. Step N, or a newer one, must survive any later kill.
+- ``done``: training ended normally (``clean``: one epoch, then exit 0).
 
 The model has 9.44 M float32 parameters; with Adam's two slots a checkpoint is 113 MB. Each
 worker resumes from the newest checkpoint, so steps continue across kills.
@@ -33,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -40,7 +33,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from helpers.zygote import say, serve  # noqa: E402
+from helpers.zygote import say  # noqa: E402
 from keras_ckpt import RotatingCheckpoint, _fs, _objgraph, _snapshot, resume  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
@@ -175,13 +168,6 @@ def train(directory: str, mode: str, clean: bool, small: bool, crash_at: str | N
     say("done")
 
 
-def _worker(job: dict) -> None:
-    """A forked worker: its stderr to the job's log, then `train`."""
-    fd = os.open(job["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.dup2(fd, 2)
-    os.close(fd)
-    train(job["dir"], job["mode"], job["clean"], job["small"], job["crash_at"])
-
-
 if __name__ == "__main__":
-    serve(_worker, ready=True)  # helpers.zygote: the fork-server loop
+    job = json.loads(sys.argv[1])
+    train(job["dir"], job["mode"], job["clean"], job["small"], job["crash_at"])

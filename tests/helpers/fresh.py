@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import select
 import shutil
 import signal
@@ -273,3 +274,66 @@ class Child:
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
+
+
+class Lines:
+    """The lines of a `Child` started with `stdout=subprocess.PIPE`, read by a thread as they
+    come, each with the time it arrived (`time.monotonic()`): for tests that act at a moment
+    of the child's run (send a signal after a given line, a random time later).
+
+    `log`: the file the child's stderr goes to; its end is shown when an expected line never
+    comes.
+    """
+
+    def __init__(self, child: Child, log: str | os.PathLike[str] | None = None) -> None:
+        self.child = child
+        self.log = log
+        self.seen: list[str] = []  # the lines the last `expect` passed over
+        self.last_seen: dict[str, float] = {}  # and when each kind (first word) last came
+        self._queue: queue.Queue[tuple[float, str | None]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.child.stdout:
+            self._queue.put((time.monotonic(), line.strip()))
+        self._queue.put((time.monotonic(), None))  # its stdout closed: it ended
+
+    def _tail(self) -> str:
+        if self.log is None or not os.path.exists(self.log):
+            return ""
+        with open(self.log, errors="replace") as f:
+            return f.read()[-3000:]
+
+    def expect(self, prefix: str, timeout: float = 120.0) -> tuple[float, str]:
+        """Waits for the next line that starts with `prefix`: when it came, and the line.
+
+        Raises:
+            AssertionError: the child ended, or `timeout` passed, first (with its stderr).
+        """
+        self.seen, self.last_seen = [], {}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                at, line = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                at, line = time.monotonic(), ""
+            if not line:
+                what = "it ended" if line is None else f"nothing in {timeout} s"
+                raise AssertionError(
+                    f"{self.child.args}: no {prefix!r} line ({what}); last lines "
+                    f"{self.seen[-5:]}; stderr:\n{self._tail()}"
+                )
+            if line.startswith(prefix):
+                return at, line
+            self.seen.append(line)
+            self.last_seen[line.split()[0]] = at
+
+    def finish(self, timeout: float = 120.0) -> tuple[int, list[str]]:
+        """Waits for the child to end: its exit code, and its lines not read yet."""
+        code = self.child.wait(timeout)
+        rest = []
+        while True:
+            _, line = self._queue.get(timeout=30)  # its stdout closes as it ends
+            if line is None:
+                return code, rest
+            rest.append(line)

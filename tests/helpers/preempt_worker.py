@@ -1,24 +1,19 @@
 """The trainer that `test_preemption.py` sends SIGTERM to.
 
-Run as ``python preempt_worker.py``: a *zygote* that imports TensorFlow once (it costs
-seconds) but runs no TensorFlow op, then serves commands from stdin, one per line:
-
-- ``run {json}``: forks a trainer on ``dir``: 3 epochs of 12 batches (numpy, shuffle=False),
-  ``RotatingCheckpoint(dir, max_to_keep=2, save_freq=5, save_on_preemption=True,
-  async_save=...)`` (and ``resume=True`` if ``resume``), each batch slowed down by
-  ``batch_seconds`` so that a signal sent at a random time lands mid-training. With
-  ``slow_commit`` (seconds), every background write first prints ``writing N`` and sleeps
-  that long: a SIGTERM sent on that line arrives while the write of step N is in flight.
-  Before `fit` the trainer installs its own SIGTERM handler (it prints ``previous handler
-  called``), the one `fit` must give back. The trainer prints (flushed, one line each):
-  ``training PID`` after its first batch, ``step N`` at the end of each batch (before the
-  checkpoint callback's hook), then, when `fit` returned, ``done {json}`` (``iterations``:
-  the optimizer's count, ``stop_training``, ``handler_restored``, ``returned_at``: when
-  `fit` returned, by `time.time()`) and saves its final
-  weights to ``DIR.final.npz``; it exits 0 only if `fit` returned.
-  The zygote answers ``pid PID`` at once.
-- ``wait PID``: reaps that trainer; answers ``exit PID CODE``.
-- ``quit``.
+Run as ``python preempt_worker.py '{json}'`` (the test forks it from the session's zygote,
+`helpers.fresh`): trains on ``dir``: 3 epochs of 12 batches (numpy, shuffle=False),
+``RotatingCheckpoint(dir, max_to_keep=2, save_freq=5, save_on_preemption=True,
+async_save=...)`` (and ``resume=True`` if ``resume``), each batch slowed down by
+``batch_seconds`` so that a signal sent at a random time lands mid-training. With
+``slow_commit`` (seconds), every background write first prints ``writing N`` and sleeps
+that long: a SIGTERM sent on that line arrives while the write of step N is in flight.
+Before `fit` the trainer installs its own SIGTERM handler (it prints ``previous handler
+called``), the one `fit` must give back. The trainer prints (flushed, one line each):
+``training PID`` after its first batch, ``step N`` at the end of each batch (before the
+checkpoint callback's hook), then, when `fit` returned, ``done {json}`` (``iterations``:
+the optimizer's count, ``stop_training``, ``handler_restored``, ``returned_at``: when
+`fit` returned, by `time.time()`) and saves its final weights to ``DIR.final.npz``; it
+exits 0 only if `fit` returned.
 """
 
 from __future__ import annotations
@@ -26,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -34,7 +30,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from helpers.zygote import say, serve  # noqa: E402
+from helpers.zygote import say  # noqa: E402
 from keras_ckpt import RotatingCheckpoint  # noqa: E402
 from keras_ckpt.directory import CheckpointDirectory  # noqa: E402
 
@@ -124,4 +120,4 @@ def train(args: dict) -> None:
 
 
 if __name__ == "__main__":
-    serve(train)  # helpers.zygote: the fork-server loop
+    train(json.loads(sys.argv[1]))

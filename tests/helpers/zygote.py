@@ -1,4 +1,4 @@
-"""The fork-server loop of the tests' zygotes (`crash_worker`, `preempt_worker`, `fresh`).
+"""The fork-server loop of the tests' zygote (`helpers.fresh`), and `say`, for its children.
 
 A zygote imports TensorFlow once, then forks a child per request, so that each child starts
 in milliseconds instead of seconds. Commands on stdin, one per line; answers on stdout, each
@@ -57,10 +57,8 @@ def _fork(child: Callable[[dict], None], job: dict) -> int:
         os._exit(code)
 
 
-def serve(child: Callable[[dict], None], *, ready: bool = False) -> None:
-    """Answers the commands above until ``quit`` or the end of stdin (`ready`: say so first)."""
-    if ready:
-        say("ready")
+def serve(child: Callable[[dict], None]) -> None:
+    """Answers the commands above until ``quit`` or the end of stdin."""
     for line in sys.stdin:
         command, _, rest = line.strip().partition(" ")
         if command == "run":
