@@ -210,7 +210,7 @@ def test_a_killed_run_is_waited_for_and_its_relaunch_is_watched(tmp_path, fresh)
         first.wait()
         events["killed_state"] = run_state(str(run))
         shutil.copytree(run, copy)
-        time.sleep(3)  # many polls of the watcher: it must keep waiting
+        time.sleep(1.5)  # 30 polls of the watcher: it must keep waiting
         second = _launch(fresh, dir=str(run), save_freq=2, resume=True)
         second.wait(timeout=120)
         events["second"] = second.returncode
@@ -219,7 +219,7 @@ def test_a_killed_run_is_waited_for_and_its_relaunch_is_watched(tmp_path, fresh)
     thread = threading.Thread(target=train)
     thread.start()
     try:
-        rows = keras_ckpt.watch(run, VAL, poll_seconds=0.1, timeout=60, verbose=0)
+        rows = keras_ckpt.watch(run, VAL, poll_seconds=0.05, timeout=60, verbose=0)
         returned = time.monotonic()
     finally:
         thread.join()
