@@ -82,7 +82,7 @@ class FakeTime:
 @pytest.mark.slow
 def test_watch_evaluates_each_checkpoint_of_a_live_run_and_exports_the_best(tmp_path, fresh):
     run, out = tmp_path / "run", tmp_path / "run-eval"
-    trainer = _launch(fresh, dir=str(run), save_freq=2, delay=0.25)  # 24 steps: ~6 s of training
+    trainer = _launch(fresh, dir=str(run), save_freq=2, delay=0.12)  # 24 steps: ~3 s of training
     began = time.monotonic()
     try:
         rows = keras_ckpt.watch(
