@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -36,7 +34,7 @@ def mixed_float16():
 
 
 def test_mixed_float16_directory_loads_with_its_loss_scale_optimizer_in_a_fresh_process(
-    mixed_float16, tmp_path
+    mixed_float16, tmp_path, fresh
 ):
     directory = str(tmp_path / "run")
     keras.utils.set_random_seed(0)
@@ -55,17 +53,12 @@ def test_mixed_float16_directory_loads_with_its_loss_scale_optimizer_in_a_fresh_
     assert recorded["compile_config"]["optimizer"]["class_name"] == "LossScaleOptimizer"
 
     out = str(tmp_path / "fresh.npz")
-    env = dict(os.environ, KERAS_HOME=str(tmp_path / "keras_home"))  # no policy from a config
-    done = subprocess.run(
-        [sys.executable, WORKER, "--fit", out, directory],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    # A new process (`helpers.fresh`: Keras' default configuration, no keras.json of the user)
+    done = fresh.run([WORKER, "--fit", out, directory], timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     got = np.load(out)
 
+    assert str(got["policy"]) == "float32"  # the process's policy is the default one
     assert list(got["0/warnings"]) == [""]  # no "does not fit" warning, nor any other
     assert str(got["0/optimizer"]) == "LossScaleOptimizer"
     assert int(got["0/iterations"]) == int(model.optimizer.iterations) > 0

@@ -11,8 +11,10 @@ run no TensorFlow op (so a child may still configure TensorFlow's devices). The 
 the requested argv, environment (TMPDIR included), `sys.path` (from its PYTHONPATH) and
 working directory, then runs the script (or `-c` code) as `__main__`.
 
-Not for environment variables TensorFlow or Keras read at import (`KERAS_HOME`,
-`TF_CPP_MIN_LOG_LEVEL`): a test that sets those starts a real interpreter.
+Keras' configuration is its defaults in every child: the zygote's `KERAS_HOME` is a new,
+empty folder (no `keras.json` of this machine's user). Not for environment variables
+TensorFlow or Keras read at import (`KERAS_HOME`, `TF_CPP_MIN_LOG_LEVEL`): a test that
+sets those starts a real interpreter.
 """
 
 from __future__ import annotations
@@ -91,7 +93,8 @@ class Zygote:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()  # a command and its answer, or all of `run`
-        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        self._keras_home = tempfile.mkdtemp(prefix="fresh-keras-home-")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", KERAS_HOME=self._keras_home)
         env.pop("PYTHONPATH", None)  # it imports no code of this checkout
         self.proc = subprocess.Popen(
             [sys.executable, "-c", SERVER],
@@ -200,6 +203,7 @@ class Zygote:
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
+        shutil.rmtree(self._keras_home, ignore_errors=True)
 
 
 class Child:

@@ -7,6 +7,7 @@ Usage: python fresh_loader_worker.py [--fit] OUT.npz DIR [DIR ...]. Each DIR hol
 (class name), `<i>/iterations`, `<i>/optimizer_variables` (all values, flattened) and
 `<i>/warnings` (texts) for the i-th DIR; with `--fit`, also `<i>/after_fit`: the weights
 (flattened) after one more epoch of the loaded model on the data (batches of 16, in order).
+`policy`: the process's global dtype policy before anything was loaded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -28,7 +30,7 @@ def _flat(values) -> np.ndarray:
 
 
 def main(out: str, directories: list[str], fit: bool) -> None:
-    results = {}
+    results = {"policy": np.array(keras.config.dtype_policy().name)}
     for i, directory in enumerate(directories):
         x = np.load(os.path.join(directory, "inputs.npy"))
         y = np.load(os.path.join(directory, "labels.npy"))
