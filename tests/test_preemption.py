@@ -320,13 +320,8 @@ def test_sigterm_during_validation_saves_at_the_epoch_end_and_stops(tmp_path):
 
 
 def _start_trainer(fresh, args: dict, log: Path) -> Lines:
-    """A trainer (`helpers/preempt_worker.py`) forked from the session's zygote
-    (`helpers.fresh`); its stderr goes to `log`."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent), str(HERE)]))
-    child = fresh.start(
-        [HERE / "helpers/preempt_worker.py", json.dumps(args)], env=env, stderr=log
-    )
-    return Lines(child, log)
+    """A trainer (`helpers/preempt_worker.py`) forked from the session's zygote."""
+    return fresh.start_worker(HERE / "helpers" / "preempt_worker.py", args, log)
 
 
 @pytest.fixture

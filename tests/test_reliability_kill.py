@@ -47,7 +47,6 @@ from keras_ckpt import CheckpointManager, KeepLast, list_checkpoints, restore
 from keras_ckpt._layout import scan
 
 WORKER = Path(__file__).parent / "helpers" / "crash_worker.py"
-ROOT = Path(__file__).resolve().parent.parent
 KILLS_PER_MODE = 10  # x 2 modes = 20 kills
 MAX_DELAY = 1.2  # seconds after the worker's first committed step (half of the kills)
 SIDECARS = {"checkpoint", ".lock", "model.json", "history.jsonl"}
@@ -65,9 +64,7 @@ def _start(
     """A worker (`helpers/crash_worker.py`) forked from the session's zygote
     (`helpers.fresh`): returns once it runs; its lines come as it prints them."""
     job = {"dir": str(directory), "mode": mode, "clean": clean, "small": small}
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
-    child = fresh.start([WORKER, json.dumps({**job, "crash_at": crash_at})], env=env, stderr=log)
-    return Lines(child, log)
+    return fresh.start_worker(WORKER, {**job, "crash_at": crash_at}, log)
 
 
 def _state_names(directory: Path) -> list[str]:

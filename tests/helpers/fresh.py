@@ -200,6 +200,16 @@ class Zygote:
                 listener.close()
         return child
 
+    def start_worker(self, script: str, args: dict, log: str | os.PathLike[str]) -> Lines:
+        """A test's worker script (`helpers/*_worker.py`) run as `python SCRIPT '{json}'`, with
+        this checkout and `tests/` on its path (`helpers.zygote.say` for its lines); its stderr
+        goes to `log`, its lines come through the returned `Lines`."""
+        path = os.pathsep.join([os.path.dirname(TESTS), TESTS])
+        child = self.start(
+            [script, json.dumps(args)], env=dict(os.environ, PYTHONPATH=path), stderr=log
+        )
+        return Lines(child, log)
+
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
